@@ -1,0 +1,418 @@
+//! One typed settings tree for the whole process.
+//!
+//! Layers, later wins: built-in defaults → the TOML file (`--config`) →
+//! `ORAPUSH__SECTION__KEY` environment variables → command-line flags.
+//! Unknown keys and wrong types are refused by serde (every struct is
+//! `deny_unknown_fields`); [`Settings::validate`] then checks ranges and
+//! cross-key rules. Every error names the key it is about, so an operator can
+//! fix the config without reading code. Secrets are wrapped in [`Secret`] and
+//! never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::message::{validate_channel, ChannelPattern};
+
+/// Keys that hold lists; from the environment they are comma-separated.
+const LIST_KEYS: &[&str] = &["server.allowed_origins", "legacy.channels"];
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub source: SourceSettings,
+    pub sqlite: SqliteSettings,
+    pub hub: HubSettings,
+    pub legacy: LegacySettings,
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address the HTTP/WebSocket listener binds.
+    pub listen: String,
+    /// Origin allow-list for WebSocket upgrades; empty allows any Origin.
+    pub allowed_origins: Vec<String>,
+    /// Largest payload the outbox may carry and largest client frame.
+    pub max_message_bytes: usize,
+    /// How often the server pings every WebSocket.
+    pub ping_interval_ms: u64,
+    /// A peer silent (no frame, no pong) for longer than this is closed.
+    pub client_timeout_ms: u64,
+    /// A write to one socket that takes longer than this closes that socket.
+    pub write_timeout_ms: u64,
+    /// Bytes each connection reserves for reading frames (tungstenite's own
+    /// default, 128 KiB, would make 10,000 idle connections cost 1.3 GB).
+    pub read_buffer_bytes: usize,
+    /// How long shutdown waits for sockets to flush and close.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            max_message_bytes: 65536,
+            ping_interval_ms: 25_000,
+            client_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
+            read_buffer_bytes: 4096,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Which database the outbox lives in.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    #[default]
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    pub kind: SourceKind,
+    /// Wait between passes that found less than a full batch. Default per
+    /// kind (SQLite 50 ms) when not set.
+    pub poll_interval_ms: Option<u64>,
+    /// Rows claimed per pass.
+    pub batch_size: usize,
+    /// Cap of the exponential backoff after a transient source error.
+    pub max_backoff_ms: u64,
+    /// How long a pass waits for its frames to reach the subscribers' sockets
+    /// before it deletes the rows (see `source::drain`).
+    pub flush_wait_ms: u64,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Sqlite,
+            poll_interval_ms: None,
+            batch_size: 500,
+            max_backoff_ms: 30_000,
+            flush_wait_ms: 200,
+        }
+    }
+}
+
+impl SourceSettings {
+    pub fn poll_interval(&self) -> Duration {
+        let default_ms = match self.kind {
+            SourceKind::Sqlite => 50,
+        };
+        Duration::from_millis(self.poll_interval_ms.unwrap_or(default_ms))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteSettings {
+    pub path: PathBuf,
+    /// How long a writer waits for the database lock before failing.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        Self { path: PathBuf::from("orapush.db"), busy_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSettings {
+    /// Messages kept per channel for recovery after a reconnect; 0 disables it.
+    pub history_size: usize,
+    /// Frames queued per connection before it counts as too slow and is closed.
+    pub subscriber_queue_size: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self { history_size: 1000, subscriber_queue_size: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegacySettings {
+    /// Channels whose messages a WebSocket on `/` receives (`*` = all).
+    pub channels: Vec<String>,
+    /// Channel that `POST /` publishes on.
+    pub publish_channel: String,
+}
+
+impl Default for LegacySettings {
+    fn default() -> Self {
+        Self { channels: vec!["*".into()], publish_channel: "default".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Key that `POST /` and `POST /api/publish` require when set.
+    pub publish_key: Option<Secret>,
+}
+
+/// A string that never appears in `Debug` output or logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Command-line values that override every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub sqlite_path: Option<PathBuf>,
+}
+
+/// A configuration problem, always naming the key (or the file) at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl fmt::Display) -> Self {
+        Self(format!("`{key}` {problem}"))
+    }
+}
+
+impl Settings {
+    /// Loads defaults → file → environment → overrides, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, vars, overrides)
+    }
+
+    /// As [`Settings::load`] with an explicit environment (tests use this).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env_map: std::collections::HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("ORAPUSH__")).collect();
+        let mut environment = config::Environment::with_prefix("ORAPUSH")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(env_map));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment);
+        if let Some(listen) = &overrides.listen {
+            builder = builder.set_override("server.listen", listen.as_str()).map_err(config_error)?;
+        }
+        if let Some(path) = &overrides.sqlite_path {
+            let path = path.to_string_lossy().into_owned();
+            builder = builder.set_override("sqlite.path", path).map_err(config_error)?;
+        }
+        let settings: Settings =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and cross-key rules; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        self.listen_addr()?;
+        if !(1024..=16 * 1024 * 1024).contains(&s.max_message_bytes) {
+            return Err(ConfigError::key("server.max_message_bytes", "must be between 1024 and 16777216"));
+        }
+        if s.ping_interval_ms == 0 || s.client_timeout_ms <= s.ping_interval_ms {
+            return Err(ConfigError::key(
+                "server.client_timeout_ms",
+                "must be greater than server.ping_interval_ms (and both above 0)",
+            ));
+        }
+        if s.write_timeout_ms == 0 {
+            return Err(ConfigError::key("server.write_timeout_ms", "must be above 0"));
+        }
+        if !(256..=1024 * 1024).contains(&s.read_buffer_bytes) {
+            return Err(ConfigError::key("server.read_buffer_bytes", "must be between 256 and 1048576"));
+        }
+        for origin in &s.allowed_origins {
+            if origin.is_empty() || origin.ends_with('/') {
+                return Err(ConfigError::key(
+                    "server.allowed_origins",
+                    format!("entry {origin:?} must be a scheme://host[:port] origin without a trailing slash"),
+                ));
+            }
+        }
+        let src = &self.source;
+        if src.poll_interval_ms == Some(0) {
+            return Err(ConfigError::key("source.poll_interval_ms", "must be above 0"));
+        }
+        if !(1..=10_000).contains(&src.batch_size) {
+            return Err(ConfigError::key("source.batch_size", "must be between 1 and 10000"));
+        }
+        if src.max_backoff_ms < 100 {
+            return Err(ConfigError::key("source.max_backoff_ms", "must be at least 100"));
+        }
+        if src.kind == SourceKind::Sqlite && self.sqlite.path.as_os_str().is_empty() {
+            return Err(ConfigError::key("sqlite.path", "must not be empty"));
+        }
+        if self.hub.subscriber_queue_size < 16 {
+            return Err(ConfigError::key("hub.subscriber_queue_size", "must be at least 16"));
+        }
+        if self.hub.history_size > 1_000_000 {
+            return Err(ConfigError::key("hub.history_size", "must be at most 1000000"));
+        }
+        validate_channel(&self.legacy.publish_channel)
+            .map_err(|e| ConfigError::key("legacy.publish_channel", e))?;
+        for pattern in &self.legacy.channels {
+            ChannelPattern::parse(pattern).map_err(|e| ConfigError::key("legacy.channels", e))?;
+        }
+        if let Some(key) = &self.api.publish_key {
+            if key.expose().len() < 8 {
+                return Err(ConfigError::key("api.publish_key", "must be at least 8 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            ConfigError::key("server.listen", format!("{:?} is not an IP:port address", self.server.listen))
+        })
+    }
+
+    /// The legacy `/` channel filter, parsed (validated at load).
+    pub fn legacy_patterns(&self) -> Vec<ChannelPattern> {
+        self.legacy.channels.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect()
+    }
+}
+
+fn config_error(e: config::ConfigError) -> ConfigError {
+    ConfigError(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// With nothing configured the SPEC defaults apply.
+    #[test]
+    fn defaults_match_spec() {
+        let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.server.max_message_bytes, 65536);
+        assert_eq!(s.source.poll_interval(), Duration::from_millis(50));
+        assert_eq!(s.sqlite.path, PathBuf::from("orapush.db"));
+        assert_eq!(s.hub.history_size, 1000);
+        assert_eq!(s.legacy.channels, vec!["*".to_string()]);
+        assert_eq!(s.legacy.publish_channel, "default");
+    }
+
+    /// File, then environment, then flags: each later layer wins.
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("o.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_message_bytes = 2048\n[hub]\nhistory_size = 5\n").unwrap();
+        let vars = env(&[
+            ("ORAPUSH__HUB__HISTORY_SIZE", "7"),
+            ("ORAPUSH__LEGACY__CHANNELS", "emp,dept.*"),
+            ("ORAPUSH__SERVER__ALLOWED_ORIGINS", "https://a.example,https://b.example"),
+        ]);
+        let overrides = Overrides { listen: Some("127.0.0.1:0".into()), sqlite_path: Some("x.db".into()) };
+        let s = Settings::load_from(Some(&file), vars, &overrides).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:0");
+        assert_eq!(s.server.max_message_bytes, 2048);
+        assert_eq!(s.hub.history_size, 7);
+        assert_eq!(s.legacy.channels, vec!["emp".to_string(), "dept.*".to_string()]);
+        assert_eq!(s.server.allowed_origins.len(), 2);
+        assert_eq!(s.sqlite.path, PathBuf::from("x.db"));
+    }
+
+    /// An unknown key is refused and the message names it.
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("o.toml");
+        std::fs::write(&file, "[server]\nlisten_port = 80\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    /// A wrong type is refused and the message names the key.
+    #[test]
+    fn wrong_type_is_named() {
+        let vars = env(&[("ORAPUSH__HUB__HISTORY_SIZE", "lots")]);
+        let err = Settings::load_from(None, vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("history_size"), "{err}");
+    }
+
+    /// An unknown source kind is refused naming the key.
+    #[test]
+    fn unknown_source_kind_is_named() {
+        let vars = env(&[("ORAPUSH__SOURCE__KIND", "mysql")]);
+        let err = Settings::load_from(None, vars, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("kind"), "{err}");
+    }
+
+    /// validate() names the key for out-of-range values.
+    #[test]
+    fn validate_names_keys() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("ORAPUSH__SERVER__LISTEN", "nowhere", "server.listen"),
+            ("ORAPUSH__SERVER__MAX_MESSAGE_BYTES", "10", "server.max_message_bytes"),
+            ("ORAPUSH__SOURCE__BATCH_SIZE", "0", "source.batch_size"),
+            ("ORAPUSH__SOURCE__POLL_INTERVAL_MS", "0", "source.poll_interval_ms"),
+            ("ORAPUSH__LEGACY__PUBLISH_CHANNEL", "bad channel", "legacy.publish_channel"),
+            ("ORAPUSH__API__PUBLISH_KEY", "short", "api.publish_key"),
+            ("ORAPUSH__SERVER__CLIENT_TIMEOUT_MS", "1000", "server.client_timeout_ms"),
+        ];
+        for (key, value, named) in cases {
+            let err = Settings::load_from(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+        }
+    }
+
+    /// The publish key never shows in Debug output.
+    #[test]
+    fn secrets_do_not_print() {
+        let vars = env(&[("ORAPUSH__API__PUBLISH_KEY", "supersecretkey")]);
+        let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
+        assert!(!format!("{s:?}").contains("supersecretkey"));
+    }
+}

@@ -1,0 +1,55 @@
+//! HTTP routes: the WebSocket endpoints, health, readiness, metrics, the
+//! publish API (seed-compatible `POST /` and `POST /api/publish`) and the
+//! static browser client and demo page.
+
+mod assets;
+mod health;
+mod publish;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::AppState;
+use crate::ws::{self, session::Mode};
+
+pub fn router(state: AppState) -> Router {
+    // A body may carry one payload plus JSON framing.
+    let body_limit = state.settings.server.max_message_bytes + 4096;
+    Router::new()
+        .route("/", get(root).post(publish::legacy))
+        .route("/ws", get(ws_endpoint))
+        .route("/api/publish", post(publish::api))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/orapush.js", get(assets::client_js))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// `GET /`: a WebSocket upgrade joins the legacy broadcast; a plain GET gets the demo page.
+async fn root(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => ws::upgrade(&state, upgrade, &headers, Mode::Legacy),
+        Err(_) => assets::demo_page(),
+    }
+}
+
+/// `GET /ws`: the orapush protocol, with optional `?channel=` subscriptions.
+async fn ws_endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let auto_subscribe = ws::channels_from_query(query.as_deref());
+    ws::upgrade(&state, upgrade, &headers, Mode::Protocol { auto_subscribe })
+}

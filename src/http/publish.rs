@@ -1,0 +1,119 @@
+//! Publishing over HTTP, straight into the hub (no outbox): the seed's
+//! `POST /` and the JSON `POST /api/publish`.
+//!
+//! These are fire-and-forget like the seed server: a message published here
+//! is not durable across a crash. The durable way is the outbox.
+//!
+//! Access rule (SPEC): when `api.publish_key` is set, a request must carry
+//! `Authorization: Bearer <key>` (compared in constant time); when it is not
+//! set, publishing is allowed only while the server listens on loopback.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::message::{payload_to_data, validate_channel, Message};
+use crate::state::AppState;
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Checks the publish key, or the loopback rule when no key is set.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    match &state.settings.api.publish_key {
+        Some(key) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
+                Ok(())
+            } else {
+                Err(refuse(StatusCode::UNAUTHORIZED, "missing or wrong publish key (Authorization: Bearer <api.publish_key>)"))
+            }
+        }
+        None if state.listens_on_loopback() => Ok(()),
+        None => Err(refuse(
+            StatusCode::FORBIDDEN,
+            "publishing over HTTP needs api.publish_key when the server does not listen on loopback",
+        )),
+    }
+}
+
+fn next_id(state: &AppState) -> String {
+    format!("http-{}", state.next_http_id.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
+/// `POST /` (seed-compatible): any body, JSON or not, to `legacy.publish_channel`.
+pub async fn legacy(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refusal;
+    }
+    let channel = &state.settings.legacy.publish_channel;
+    let max = state.settings.server.max_message_bytes;
+    let message = match Message::from_payload(next_id(&state), channel.as_str(), None, &body, max) {
+        Ok(m) => m,
+        Err(e) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+    };
+    let published = state.hub.publish(&message, None);
+    state.metrics.messages_published_http.inc();
+    Json(json!({ "message": format!("Send to {} clients", published.delivered) })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `POST /api/publish` `{"channel": "c", "data": ..., "user": null}`.
+pub async fn api(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Result<Json<PublishRequest>, JsonRejection>,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &headers) {
+        return refusal;
+    }
+    let Json(request) = match request {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("body must be {{\"channel\", \"data\", \"user\"}}: {}", e.body_text())),
+    };
+    if let Err(e) = validate_channel(&request.channel) {
+        return refuse(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let max = state.settings.server.max_message_bytes;
+    let size = request.data.get().len();
+    if size > max {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("data is {size} bytes, over server.max_message_bytes ({max})"));
+    }
+    let message = Message {
+        id: next_id(&state),
+        channel: request.channel,
+        target_user: request.user,
+        // `data` is already JSON; the seed rule would leave it as it is too.
+        data: payload_to_data(request.data.get()),
+    };
+    let published = state.hub.publish(&message, None);
+    state.metrics.messages_published_http.inc();
+    Json(json!({
+        "channel": message.channel,
+        "epoch": state.hub.epoch(),
+        "offset": published.offset,
+        "delivered": published.delivered,
+    }))
+    .into_response()
+}

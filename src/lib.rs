@@ -1,0 +1,40 @@
+//! # orapush
+//!
+//! Carries database events to browsers over WebSockets. The database never
+//! calls out: a DBA inserts a row into an outbox table, orapush drains it and
+//! pushes it to the browsers subscribed to that channel, at least once,
+//! ordered per channel, with recovery of missed messages after a reconnect.
+//!
+//! ## Data flow
+//!
+//! ```text
+//! source thread ──Batch (bounded, 1)──▶ dispatcher ──▶ hub ──Outgoing (bounded per connection)──▶ session ──▶ browser
+//!  claim rows                             publish        offset, history,        write JSON frame
+//!  … delete + commit after the ack ◀──────── ack ◀────── frame serialised once
+//! ```
+//!
+//! ## Layout
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the typed settings tree; defaults → TOML → `ORAPUSH__*` env → flags; `validate()` |
+//! | [`message`] | the row → message rule (seed JSON rule), channel names and patterns |
+//! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
+//! | [`hub`] | channel → subscribers, offsets under an epoch, history, overflow policy |
+//! | [`ws`] | upgrade and Origin check, the session loop, the protocol frames and close codes |
+//! | [`http`] | routes: health, readiness, metrics, publish, static client and demo page |
+//! | [`metrics`] | Prometheus counters and gauges |
+//! | [`server`] | [`run`]: wires the pieces, owns the one shutdown path |
+//! | [`state`] | the cheap-clone handle the handlers share |
+
+pub mod config;
+pub mod hub;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod server;
+pub mod source;
+pub mod state;
+pub mod ws;
+
+pub use server::run;

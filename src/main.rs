@@ -1,0 +1,125 @@
+//! The `orapush` binary: parse the command line, load the settings, then
+//! either serve (`orapush` / `orapush serve`) or publish one message
+//! (`orapush publish`).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use orapush::config::{Overrides, Settings};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "orapush", version, about = "Carries database events to browsers over WebSockets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default).
+    Serve(ServeArgs),
+    /// Write one message into the configured source and exit.
+    Publish(PublishArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (server.listen), e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// SQLite outbox file (sqlite.path).
+    #[arg(long, value_name = "PATH")]
+    sqlite: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// SQLite outbox file (sqlite.path).
+    #[arg(long, value_name = "PATH")]
+    sqlite: Option<PathBuf>,
+    /// Channel to publish on.
+    #[arg(long)]
+    channel: String,
+    /// Deliver only to connections authenticated as this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// The payload (JSON, or text that becomes {"message": ...}); `-` reads standard input.
+    payload: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Publish(args)) => publish(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orapush: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides { listen: args.listen, sqlite_path: args.sqlite };
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let addr = settings.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on `server.listen` = {addr}"))?;
+        let bound = listener.local_addr()?;
+        // Scripts and tests read this line to find the port.
+        println!("orapush listening on http://{bound}");
+        orapush::run(listener, settings, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let overrides = Overrides { listen: None, sqlite_path: args.sqlite };
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    let payload = if args.payload == "-" {
+        let mut buf = String::new();
+        std::io::stdin().read_to_string(&mut buf).context("reading the payload from standard input")?;
+        buf
+    } else {
+        args.payload
+    };
+    let mut publisher = orapush::source::open_publisher(&settings)?;
+    let id = publisher.publish(&args.channel, &payload, args.user.as_deref())?;
+    println!("{id}");
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Prometheus counters and gauges, registered once and shared by handle.
+//!
+//! Every module that changes a number holds a clone of [`Metrics`]; the
+//! `/metrics` route renders the registry in the Prometheus text format.
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+pub struct Inner {
+    registry: Registry,
+    /// Open WebSocket connections (both `/ws` and legacy `/`).
+    pub connections: IntGauge,
+    /// Channel subscriptions over all connections.
+    pub subscriptions: IntGauge,
+    /// Rows taken from the source and handed to the hub.
+    pub messages_drained: IntCounter,
+    /// Messages published through the HTTP API or `POST /`.
+    pub messages_published_http: IntCounter,
+    /// Frames queued to a subscriber.
+    pub deliveries: IntCounter,
+    /// Frames dropped because a subscriber's queue was full.
+    pub dropped: IntCounter,
+    /// Connections closed for being too slow.
+    pub slow_consumers: IntCounter,
+    /// Rows moved to the dead-letter table.
+    pub dead_lettered: IntCounter,
+    /// Errors talking to the source database.
+    pub source_errors: IntCounter,
+    /// Age of the oldest row in the last claimed batch (0 when idle).
+    pub outbox_lag_seconds: Gauge,
+    /// 1 while this instance holds the outbox and drains it.
+    pub source_active: IntGauge,
+    /// 1 while the source is connected.
+    pub source_connected: IntGauge,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let lag = Gauge::new("orapush_outbox_lag_seconds", "Age of the oldest row in the last claimed batch")
+            .expect("valid metric");
+        registry.register(Box::new(lag.clone())).expect("unique metric");
+        Self(Arc::new(Inner {
+            connections: gauge("orapush_connections", "Open WebSocket connections"),
+            subscriptions: gauge("orapush_subscriptions", "Channel subscriptions"),
+            messages_drained: counter("orapush_messages_drained_total", "Rows drained from the source"),
+            messages_published_http: counter(
+                "orapush_messages_published_http_total",
+                "Messages published over HTTP",
+            ),
+            deliveries: counter("orapush_messages_delivered_total", "Frames queued to subscribers"),
+            dropped: counter("orapush_messages_dropped_total", "Frames dropped for full subscriber queues"),
+            slow_consumers: counter(
+                "orapush_slow_consumers_disconnected_total",
+                "Connections closed for being too slow",
+            ),
+            dead_lettered: counter("orapush_messages_dead_lettered_total", "Rows moved to the dead-letter table"),
+            source_errors: counter("orapush_source_errors_total", "Errors talking to the source database"),
+            outbox_lag_seconds: lag,
+            source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),
+            source_connected: gauge("orapush_source_connected", "1 while the source is connected"),
+            registry,
+        }))
+    }
+
+    /// The registry in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

@@ -1,0 +1,151 @@
+//! [`run`]: starts the source, the hub and the HTTP/WebSocket server on a
+//! listener the caller bound, and owns the one shutdown path.
+//!
+//! Shutdown (the caller's future resolves, or the source fails fatally):
+//! 1. the drainer stops claiming and finishes the batch in hand (hand-over,
+//!    delete, commit), so no row is deleted that the hub did not get;
+//! 2. every session writes what is already queued and closes with 1001;
+//! 3. the listener stops; `run` returns once all sessions are done (or the
+//!    `server.shutdown_timeout_ms` budget is spent).
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Settings, SourceKind};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::source::drain::{self, DrainConfig, Handoff};
+use crate::source::sqlite::SqliteOutbox;
+use crate::source::{SourceError, SourceStatus, Stopper};
+use crate::state::AppState;
+use crate::ws::session::{SessionConfig, SessionContext};
+
+/// Runs orapush until `shutdown` resolves (Ok) or the source fails fatally (Err).
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let local_addr = listener.local_addr().context("reading the listener's address")?;
+    let metrics = Metrics::new();
+    let hub = Hub::new(settings.hub.history_size, settings.legacy_patterns(), metrics.clone());
+    let source_status = SourceStatus::default();
+
+    let (handoff, batches) = Handoff::channel();
+    let flush_wait = Duration::from_millis(settings.source.flush_wait_ms);
+    let dispatcher = tokio::spawn(drain::dispatch(batches, hub.clone(), metrics.clone(), flush_wait));
+    let stopper = Stopper::default();
+    let mut drainer_done = start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
+        .await
+        .context("starting the source")?;
+
+    let sessions_stop = CancellationToken::new();
+    let server = &settings.server;
+    let session = Arc::new(SessionContext {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        config: Arc::new(SessionConfig {
+            ping_interval: Duration::from_millis(server.ping_interval_ms),
+            client_timeout: Duration::from_millis(server.client_timeout_ms),
+            write_timeout: Duration::from_millis(server.write_timeout_ms),
+            queue_size: settings.hub.subscriber_queue_size,
+            shutdown_flush: Duration::from_millis(server.shutdown_timeout_ms),
+        }),
+        shutdown: sessions_stop.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let state = AppState {
+        settings: settings.clone(),
+        hub,
+        metrics,
+        source_status,
+        session,
+        tracker: tracker.clone(),
+        next_conn_id: Arc::new(AtomicU64::new(1)),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        local_addr,
+        next_http_id: Arc::new(AtomicU64::new(0)),
+    };
+    let listener_stop = CancellationToken::new();
+    let http = tokio::spawn(
+        axum::serve(listener, crate::http::router(state.clone()))
+            .with_graceful_shutdown(listener_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    info!(addr = %local_addr, source = ?settings.source.kind, "orapush running");
+
+    tokio::pin!(shutdown);
+    let source_result = tokio::select! {
+        _ = &mut shutdown => {
+            info!("shutdown requested; finishing the batch in hand");
+            stopper.stop();
+            (&mut drainer_done).await
+        }
+        result = &mut drainer_done => result,
+    };
+    state.shutting_down.store(true, Ordering::Relaxed);
+    stopper.stop();
+    let source_result = source_result.unwrap_or_else(|_| Err(SourceError::fatal("the source thread panicked")));
+
+    // The source is quiet now: close the sockets, then the listener.
+    sessions_stop.cancel();
+    listener_stop.cancel();
+    tracker.close();
+    let budget = Duration::from_millis(settings.server.shutdown_timeout_ms) * 2;
+    if tokio::time::timeout(budget, tracker.wait()).await.is_err() {
+        warn!("some connections did not close in time");
+    }
+    match tokio::time::timeout(budget, http).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
+        Err(_) => warn!("HTTP server did not stop in time"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    dispatcher.abort();
+    info!("orapush stopped");
+    source_result.map_err(|e| anyhow::anyhow!("source: {e}"))
+}
+
+/// Opens the configured source (failing fast on a fatal error) and starts
+/// its drainer thread; the receiver resolves when the thread ends.
+async fn start_source(
+    settings: &Arc<Settings>,
+    handoff: Handoff,
+    status: SourceStatus,
+    metrics: Metrics,
+    stopper: Stopper,
+) -> anyhow::Result<oneshot::Receiver<Result<(), SourceError>>> {
+    let config = DrainConfig {
+        batch_size: settings.source.batch_size,
+        max_message_bytes: settings.server.max_message_bytes,
+        poll_interval: settings.source.poll_interval(),
+        max_backoff: Duration::from_millis(settings.source.max_backoff_ms),
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    match settings.source.kind {
+        SourceKind::Sqlite => {
+            let sqlite = settings.sqlite.clone();
+            let first = {
+                let sqlite = sqlite.clone();
+                tokio::task::spawn_blocking(move || SqliteOutbox::open(&sqlite)).await??
+            };
+            info!(path = %sqlite.path.display(), "SQLite outbox open");
+            std::thread::Builder::new().name("orapush-source".into()).spawn(move || {
+                let connect = || SqliteOutbox::open(&sqlite);
+                let result = drain::run_drainer(first, connect, handoff, config, status, metrics, stopper);
+                let _ = done_tx.send(result);
+            })?;
+        }
+    }
+    Ok(done_rx)
+}

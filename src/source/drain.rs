@@ -1,0 +1,263 @@
+//! The drain algorithm, written once for every outbox store.
+//!
+//! One pass: claim a batch in id order → turn each row into a [`Message`]
+//! (rows that can never be delivered become dead letters and never block the
+//! rows behind them) → hand the messages to the hub, in order, over a bounded
+//! channel and wait until the hub has queued them → delete exactly what was
+//! handed over, move the dead letters, commit. A crash anywhere before the
+//! commit rolls back and the rows are delivered again: at-least-once.
+//!
+//! Between passes: no wait while batches come back full; otherwise wait
+//! `source.poll_interval_ms` (or less, when the store can signal new rows).
+//! Transient errors drop the connection and retry after a capped
+//! exponential backoff; fatal ones end the drainer and the process.
+//!
+//! The hand-over channel holds [`HANDOFF_QUEUE`] batches; the drainer waits
+//! for each batch's acknowledgement, so at most one batch is ever in flight
+//! and the channel can never overflow.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::{DeadLetter, OutboxStore, SourceError, SourceStatus, Stopper};
+use crate::hub::{Hub, Receipt};
+use crate::message::Message;
+use crate::metrics::Metrics;
+
+/// Batches that may wait in the hand-over channel.
+pub const HANDOFF_QUEUE: usize = 1;
+
+/// Limits of one pass.
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    pub batch_size: usize,
+    pub max_message_bytes: usize,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOutcome {
+    /// The outbox was empty.
+    Empty,
+    /// Rows were handed over (`delivered`) or dead-lettered (`dead`).
+    Drained { delivered: usize, dead: usize, full: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The hub side is gone (shutdown); nothing was deleted.
+    #[error("the hub stopped accepting messages")]
+    HubClosed,
+}
+
+/// A batch on its way to the hub, with the channel to acknowledge it on.
+pub struct Batch {
+    pub messages: Vec<Message>,
+    pub ack: oneshot::Sender<()>,
+}
+
+/// The drainer's end of the hand-over channel.
+#[derive(Clone)]
+pub struct Handoff {
+    tx: mpsc::Sender<Batch>,
+}
+
+impl Handoff {
+    pub fn channel() -> (Self, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+        (Self { tx }, rx)
+    }
+
+    /// Hands the messages over and blocks until the hub has queued them.
+    pub fn hand_over(&self, messages: Vec<Message>) -> Result<(), PassError> {
+        let (ack, acked) = oneshot::channel();
+        self.tx.blocking_send(Batch { messages, ack }).map_err(|_| PassError::HubClosed)?;
+        acked.blocking_recv().map_err(|_| PassError::HubClosed)
+    }
+}
+
+/// The async side of the hand-over: publishes each batch into the hub, waits
+/// (at most `flush_wait`) until its frames left the process, acknowledges.
+pub async fn dispatch(mut batches: mpsc::Receiver<Batch>, hub: Hub, metrics: Metrics, flush_wait: Duration) {
+    while let Some(batch) = batches.recv().await {
+        let (receipt, flushed) = Receipt::new();
+        for message in &batch.messages {
+            hub.publish(message, Some(&receipt));
+        }
+        metrics.messages_drained.inc_by(batch.messages.len() as u64);
+        drop(receipt);
+        // A slow socket must not hold the outbox back for long; the rows are
+        // in the hub already, which is the guarantee. This wait only narrows
+        // the window in which a crash loses frames still in our buffers.
+        let _ = tokio::time::timeout(flush_wait, flushed).await;
+        let _ = batch.ack.send(());
+    }
+}
+
+/// One pass of the outbox contract.
+pub fn drain_pass(
+    store: &mut dyn OutboxStore,
+    handoff: &Handoff,
+    config: &DrainConfig,
+    metrics: &Metrics,
+) -> Result<PassOutcome, PassError> {
+    let rows = store.claim(config.batch_size)?;
+    if rows.is_empty() {
+        metrics.outbox_lag_seconds.set(0.0);
+        return Ok(PassOutcome::Empty);
+    }
+    let full = rows.len() >= config.batch_size;
+    let oldest_age = rows.iter().map(|r| r.age_seconds).fold(0.0, f64::max);
+    metrics.outbox_lag_seconds.set(oldest_age);
+
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut handed_ids = Vec::with_capacity(rows.len());
+    let mut dead = Vec::new();
+    for row in rows {
+        match Message::from_row(&row, config.max_message_bytes) {
+            Ok(message) => {
+                handed_ids.push(row.id);
+                messages.push(message);
+            }
+            Err(reason) => {
+                warn!(id = row.id, channel = %row.channel, %reason, "moving row to the dead-letter table");
+                dead.push(DeadLetter { row, reason: reason.to_string() });
+            }
+        }
+    }
+
+    if !messages.is_empty() {
+        if let Err(e) = handoff.hand_over(messages) {
+            store.abort();
+            return Err(e);
+        }
+    }
+    store.complete(&handed_ids, &dead)?;
+    metrics.dead_lettered.inc_by(dead.len() as u64);
+    Ok(PassOutcome::Drained { delivered: handed_ids.len(), dead: dead.len(), full })
+}
+
+/// Capped exponential backoff: 100 ms, 200 ms, … up to the cap.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(100);
+
+    pub fn new(cap: Duration) -> Self {
+        Self { next: Self::START, cap }
+    }
+    pub fn reset(&mut self) {
+        self.next = Self::START;
+    }
+    /// The delay to wait now; doubles the next one.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next.min(self.cap);
+        self.next = (self.next * 2).min(self.cap);
+        delay
+    }
+}
+
+/// The drainer's loop, run on its own thread until `stop` fires, the hub
+/// closes, or a fatal error happens (returned).
+pub fn run_drainer<S, F>(
+    initial: S,
+    mut connect: F,
+    handoff: Handoff,
+    config: DrainConfig,
+    status: SourceStatus,
+    metrics: Metrics,
+    stop: Stopper,
+) -> Result<(), SourceError>
+where
+    S: OutboxStore,
+    F: FnMut() -> Result<S, SourceError>,
+{
+    let mut store = Some(initial);
+    let mut backoff = Backoff::new(config.max_backoff);
+    status.set_connected();
+    metrics.source_connected.set(1);
+    metrics.source_active.set(1);
+    while !stop.is_stopped() {
+        let current = match store.as_mut() {
+            Some(s) => s,
+            None => match connect() {
+                Ok(s) => {
+                    info!("source reconnected");
+                    status.set_connected();
+                    metrics.source_connected.set(1);
+                    store.insert(s)
+                }
+                Err(e) => {
+                    fail(&e, &status, &metrics);
+                    if e.is_fatal() {
+                        return Err(e);
+                    }
+                    stop.sleep(backoff.next_delay());
+                    continue;
+                }
+            },
+        };
+        let waited = match drain_pass(current, &handoff, &config, &metrics) {
+            Ok(PassOutcome::Drained { full: true, .. }) => {
+                backoff.reset();
+                continue;
+            }
+            Ok(outcome) => {
+                backoff.reset();
+                debug!(?outcome, "pass done");
+                current.wait_for_work(config.poll_interval, &stop)
+            }
+            Err(PassError::HubClosed) => break,
+            Err(PassError::Source(e)) => Err(e),
+        };
+        if let Err(e) = waited {
+            fail(&e, &status, &metrics);
+            if e.is_fatal() {
+                return Err(e);
+            }
+            // Dropping the store closes the connection; an open transaction
+            // rolls back, so the claimed rows stay in the outbox.
+            store = None;
+            stop.sleep(backoff.next_delay());
+        }
+    }
+    metrics.source_active.set(0);
+    info!("drainer stopped");
+    Ok(())
+}
+
+fn fail(e: &SourceError, status: &SourceStatus, metrics: &Metrics) {
+    metrics.source_errors.inc();
+    metrics.source_connected.set(0);
+    status.set_down(&e.message);
+    if e.is_fatal() {
+        error!(error = %e, "source failed; stopping");
+    } else {
+        warn!(error = %e, "source error; retrying");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backoff doubles from 100 ms and stays at the cap; reset starts over.
+    #[test]
+    fn backoff_is_capped_exponential() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let got: Vec<u64> = (0..5).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(got, vec![100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}

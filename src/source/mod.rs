@@ -1,0 +1,139 @@
+//! Sources: where messages come from, behind one narrow contract.
+//!
+//! Every outbox database implements [`OutboxStore`]: claim a batch in id
+//! order inside a transaction, then delete exactly the rows that were handed
+//! to the hub (and move the undeliverable ones to the dead-letter table) and
+//! commit. The pass itself, the waiting, the backoff and the hand-over to the
+//! async side live once, in [`drain`], for every store.
+//!
+//! | file | source kind |
+//! |---|---|
+//! | [`sqlite`] | `sqlite`: the embedded outbox, the default |
+
+pub mod drain;
+pub mod sqlite;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::config::{Settings, SourceKind};
+use crate::message::OutboxRow;
+
+/// The outbox contract. Implementations are blocking and live on the
+/// source's own thread.
+pub trait OutboxStore: Send {
+    /// Begins a transaction and claims up to `limit` rows, lowest id first.
+    /// An empty result ends the transaction.
+    fn claim(&mut self, limit: usize) -> Result<Vec<OutboxRow>, SourceError>;
+
+    /// Deletes `handed_over`, moves `dead` to the dead-letter table, commits.
+    fn complete(&mut self, handed_over: &[i64], dead: &[DeadLetter]) -> Result<(), SourceError>;
+
+    /// Rolls back the open transaction, if any; nothing is deleted.
+    fn abort(&mut self);
+
+    /// Returns when new rows may be there: after `timeout`, or sooner when
+    /// the database can signal (or `stop` fires).
+    fn wait_for_work(&mut self, timeout: Duration, stop: &Stopper) -> Result<(), SourceError> {
+        stop.sleep(timeout);
+        Ok(())
+    }
+}
+
+/// A row that can never be delivered, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub row: OutboxRow,
+    pub reason: String,
+}
+
+/// Writes one message into the configured source (`orapush publish`).
+pub trait Publisher {
+    /// Returns the new row's id.
+    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<i64, SourceError>;
+}
+
+/// How the drainer reacts to an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Reconnect (or retry) with capped exponential backoff.
+    Transient,
+    /// Configuration or environment is wrong; retrying cannot help. Stop.
+    Fatal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Transient, message: message.into() }
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Fatal, message: message.into() }
+    }
+    pub fn is_fatal(&self) -> bool {
+        self.class == ErrorClass::Fatal
+    }
+}
+
+/// A stop flag that a blocking thread can also sleep on.
+#[derive(Clone, Default)]
+pub struct Stopper(Arc<(Mutex<bool>, Condvar)>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let (flag, cv) = &*self.0;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sleeps for `timeout` or until stopped; true when stopped.
+    pub fn sleep(&self, timeout: Duration) -> bool {
+        let (flag, cv) = &*self.0;
+        let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = cv.wait_timeout_while(guard, timeout, |stopped| !*stopped).unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+/// Readiness as `/readyz` and `/metrics` report it.
+#[derive(Clone, Default)]
+pub struct SourceStatus(Arc<Mutex<StatusInner>>);
+
+#[derive(Clone, Debug, Default)]
+pub struct StatusInner {
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
+impl SourceStatus {
+    pub fn set_connected(&self) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.connected = true;
+        s.last_error = None;
+    }
+    pub fn set_down(&self, error: &str) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.connected = false;
+        s.last_error = Some(error.to_owned());
+    }
+    pub fn snapshot(&self) -> StatusInner {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Opens a publisher on the configured source (for `orapush publish`).
+pub fn open_publisher(settings: &Settings) -> Result<Box<dyn Publisher>, SourceError> {
+    match settings.source.kind {
+        SourceKind::Sqlite => Ok(Box::new(sqlite::SqliteOutbox::open(&settings.sqlite)?)),
+    }
+}
