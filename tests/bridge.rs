@@ -1,0 +1,363 @@
+//! Black-box tests of the bridge on its embedded SQLite outbox: the real
+//! server on port 0, a real SQLite file, real WebSocket clients.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+fn ids_and_offsets(frames: &[Value]) -> (Vec<i64>, Vec<u64>) {
+    frames
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap().parse::<i64>().unwrap(), f["offset"].as_u64().unwrap()))
+        .unzip()
+}
+
+async fn receive(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        let f = next_json(ws).await;
+        assert_eq!(f["type"], "message", "{f}");
+        frames.push(f);
+    }
+    frames
+}
+
+/// Rows on three channels reach exactly their subscribers, in id order, with consecutive offsets, and leave the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_reach_exactly_their_subscribers_in_order() {
+    let server = Server::start().await;
+    let mut emp = connect(&server.ws_url("/ws")).await;
+    let mut dept = connect(&server.ws_url("/ws")).await;
+    let mut both = connect(&server.ws_url("/ws?channel=emp&channel=hr")).await;
+    subscribe(&mut emp, "emp").await;
+    subscribe(&mut dept, "dept").await;
+    for _ in 0..2 {
+        assert_eq!(next_json(&mut both).await["type"], "subscribed");
+    }
+
+    let channels = ["emp", "dept", "hr"];
+    let rows: Vec<(String, String)> =
+        (0..30).map(|i| (channels[i % 3].to_string(), format!(r#"{{"n":{i}}}"#))).collect();
+    let borrowed: Vec<(&str, &str)> = rows.iter().map(|(c, p)| (c.as_str(), p.as_str())).collect();
+    let ids = insert(&server.db, &borrowed);
+    let ids_of = |ch: &str| -> Vec<i64> {
+        ids.iter().zip(&rows).filter(|(_, (c, _))| c == ch).map(|(id, _)| *id).collect()
+    };
+
+    let (got, offsets) = ids_and_offsets(&receive(&mut emp, 10).await);
+    assert_eq!(got, ids_of("emp"));
+    assert_eq!(offsets, (1..=10).collect::<Vec<u64>>());
+    let (got, offsets) = ids_and_offsets(&receive(&mut dept, 10).await);
+    assert_eq!(got, ids_of("dept"));
+    assert_eq!(offsets, (1..=10).collect::<Vec<u64>>());
+    let frames = receive(&mut both, 20).await;
+    for ch in ["emp", "hr"] {
+        let mine: Vec<Value> = frames.iter().filter(|f| f["channel"] == ch).cloned().collect();
+        let (got, offsets) = ids_and_offsets(&mine);
+        assert_eq!(got, ids_of(ch), "{ch}");
+        assert_eq!(offsets, (1..=10).collect::<Vec<u64>>());
+    }
+    for ws in [&mut emp, &mut dept, &mut both] {
+        expect_pong_next(ws).await;
+    }
+    let db = server.db.clone();
+    wait_until("the outbox is empty", || outbox_count(&db) == 0).await;
+    server.stop().await.unwrap();
+}
+
+/// A payload that is not JSON arrives as {"message": payload}; JSON arrives as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_rule() {
+    let server = Server::start().await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    insert(&server.db, &[("emp", "REFRESH"), ("emp", r#"{"message":"REFRESH","n":[1,2]}"#)]);
+    assert_eq!(next_json(&mut ws).await["data"], json!({"message": "REFRESH"}));
+    assert_eq!(next_json(&mut ws).await["data"], json!({"message": "REFRESH", "n": [1, 2]}));
+    server.stop().await.unwrap();
+}
+
+/// Reconnecting with `since` replays exactly the missed messages, then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_reconnect() {
+    let server = Server::start().await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    let sub = subscribe(&mut ws, "emp").await;
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    insert(&server.db, &[("emp", "a"), ("emp", "b"), ("emp", "c")]);
+    let seen = receive(&mut ws, 3).await;
+    assert_eq!(seen[2]["offset"], 3);
+    drop(ws);
+
+    let missed = insert(&server.db, &[("emp", "d"), ("emp", "e"), ("emp", "f"), ("emp", "g"), ("emp", "h")]);
+    let db = server.db.clone();
+    wait_until("the missed rows were drained", || outbox_count(&db) == 0).await;
+
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    send_json(&mut ws, json!({"op":"subscribe","channel":"emp","since":{"epoch":epoch,"offset":3}})).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply, json!({"type":"subscribed","channel":"emp","epoch":epoch,"offset":8,"recovered":true}));
+    let (ids, offsets) = ids_and_offsets(&receive(&mut ws, 5).await);
+    assert_eq!(ids, missed);
+    assert_eq!(offsets, vec![4, 5, 6, 7, 8]);
+    let live = insert(&server.db, &[("emp", "live")]);
+    let f = next_json(&mut ws).await;
+    assert_eq!((f["offset"].as_u64(), f["id"].as_str()), (Some(9), Some(live[0].to_string().as_str())));
+
+    // A wrong epoch cannot be recovered: recovered=false and nothing replayed.
+    let mut other = connect(&server.ws_url("/ws")).await;
+    send_json(&mut other, json!({"op":"subscribe","channel":"emp","since":{"epoch":"nope","offset":3}})).await;
+    let reply = next_json(&mut other).await;
+    assert_eq!((reply["recovered"].as_bool(), reply["offset"].as_u64()), (Some(false), Some(9)));
+    expect_pong_next(&mut other).await;
+    server.stop().await.unwrap();
+}
+
+/// A gap larger than the history cannot be recovered: recovered=false, no partial replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_beyond_history_is_refused() {
+    let server = Server::start_with(|s| s.hub.history_size = 3).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    let epoch = subscribe(&mut ws, "emp").await["epoch"].as_str().unwrap().to_string();
+    let rows: Vec<(&str, &str)> = (0..10).map(|_| ("emp", "x")).collect();
+    insert(&server.db, &rows);
+    receive(&mut ws, 10).await;
+    drop(ws);
+
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    send_json(&mut ws, json!({"op":"subscribe","channel":"emp","since":{"epoch":epoch,"offset":2}})).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["recovered"], false);
+    expect_pong_next(&mut ws).await;
+    drop(ws);
+
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    send_json(&mut ws, json!({"op":"subscribe","channel":"emp","since":{"epoch":epoch,"offset":7}})).await;
+    assert_eq!(next_json(&mut ws).await["recovered"], true);
+    let (_, offsets) = ids_and_offsets(&receive(&mut ws, 3).await);
+    assert_eq!(offsets, vec![8, 9, 10]);
+    server.stop().await.unwrap();
+}
+
+/// The seed protocol: a socket on `/` gets bare data; `POST /` reports the client count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_endpoint_is_seed_compatible() {
+    let server = Server::start().await;
+    let mut old_page = connect(&server.ws_url("/")).await;
+    let mut second = connect(&server.ws_url("/")).await;
+    let mut modern = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut modern, "default").await;
+    // Both legacy sockets are registered once their upgrade completed; a
+    // POST that reaches all three proves it.
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let reply: Value =
+            http.post(server.url("/")).body(r#"{"message":"REFRESH"}"#).send().await.unwrap().json().await.unwrap();
+        if reply == json!({"message": "Send to 3 clients"}) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached 3 clients: {reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Drain any earlier probe frames: the last frame each socket sees is the one that counted 3.
+    for ws in [&mut old_page, &mut second] {
+        let text = next_text(ws).await;
+        assert_eq!(text, r#"{"message":"REFRESH"}"#);
+    }
+    let f = next_json(&mut modern).await;
+    assert_eq!(f["data"], json!({"message": "REFRESH"}));
+
+    // Non-JSON bodies are wrapped, like the seed did; outbox rows reach `/` too.
+    http.post(server.url("/")).body("hello").send().await.unwrap();
+    insert(&server.db, &[("emp", r#"{"message":"FROM-OUTBOX"}"#)]);
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        let t = next_text(&mut old_page).await;
+        if t != r#"{"message":"REFRESH"}"# {
+            texts.push(t);
+        }
+    }
+    assert_eq!(texts, vec![r#"{"message":"hello"}"#.to_string(), r#"{"message":"FROM-OUTBOX"}"#.to_string()]);
+    server.stop().await.unwrap();
+}
+
+/// Undeliverable rows move to the dead-letter table with their reason; the rows behind them flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_do_not_block() {
+    let server = Server::start_with(|s| s.server.max_message_bytes = 2048).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    let big = "x".repeat(3000);
+    let ids = insert(
+        &server.db,
+        &[("emp", "first"), ("bad channel!", "x"), ("", "x"), ("emp", big.as_str()), ("emp", "last")],
+    );
+    let frames = receive(&mut ws, 2).await;
+    assert_eq!(frames[0]["data"], json!({"message": "first"}));
+    assert_eq!(frames[1]["data"], json!({"message": "last"}));
+    let db = server.db.clone();
+    wait_until("the outbox is empty", || outbox_count(&db) == 0).await;
+    let conn = open_db(&server.db);
+    let reasons: Vec<(i64, String)> = conn
+        .prepare("SELECT id, reason FROM orapush_dead_letter ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reasons.iter().map(|r| r.0).collect::<Vec<_>>(), vec![ids[1], ids[2], ids[3]]);
+    assert!(reasons[0].1.contains("invalid channel"), "{reasons:?}");
+    assert!(reasons[1].1.contains("empty"), "{reasons:?}");
+    assert!(reasons[2].1.contains("3000 bytes"), "{reasons:?}");
+    let kept: String = conn.query_row("SELECT payload FROM orapush_dead_letter WHERE id = ?1", [ids[3]], |r| r.get(0)).unwrap();
+    assert_eq!(kept.len(), 3000);
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("orapush_messages_dead_lettered_total 3"), "{metrics}");
+    server.stop().await.unwrap();
+}
+
+/// A subscriber that stops reading is closed with 1013 once its queue is full; another on the same channel gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_is_disconnected_alone() {
+    let server = Server::start_with(|s| s.hub.subscriber_queue_size = 16).await;
+    let mut slow = connect(&server.ws_url("/ws")).await;
+    let mut fast = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut slow, "feed").await;
+    subscribe(&mut fast, "feed").await;
+
+    // 60 KB messages fill the slow socket's kernel buffers, then its queue.
+    let payload = json!({ "blob": "y".repeat(60_000) });
+    let http = reqwest::Client::new();
+    let total = 300;
+    let reader = tokio::spawn(async move {
+        let mut offsets = Vec::new();
+        for _ in 0..total {
+            offsets.push(next_json(&mut fast).await["offset"].as_u64().unwrap());
+        }
+        (fast, offsets)
+    });
+    for _ in 0..total {
+        let r = http
+            .post(server.url("/api/publish"))
+            .json(&json!({"channel": "feed", "data": payload}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let (mut fast, offsets) = tokio::time::timeout(PATIENCE, reader).await.expect("fast reader done").unwrap();
+    assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
+    expect_pong_next(&mut fast).await;
+
+    assert_eq!(close_code(&mut slow).await, Some(1013));
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("orapush_slow_consumers_disconnected_total 1"), "{metrics}");
+    server.stop().await.unwrap();
+}
+
+/// Bad client frames get the SPEC's error frames (connection stays open); an oversized one gets close 1009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_the_server_keeps_serving() {
+    let server = Server::start_with(|s| s.server.max_message_bytes = 2048).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::text("not json"), "bad_request"),
+        (Message::text(r#"{"op":"explode"}"#), "unknown_op"),
+        (Message::text(r#"{"op":"subscribe"}"#), "bad_request"),
+        (Message::text(r#"{"op":"subscribe","channel":"no spaces"}"#), "bad_request"),
+        (Message::text(r#"{"op":"unsubscribe","channel":"never"}"#), "not_subscribed"),
+        (Message::binary(vec![1u8, 2, 3]), "bad_request"),
+    ];
+    for (frame, code) in cases {
+        ws.send(frame).await.unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some(code)), "{reply}");
+    }
+    subscribe(&mut ws, "emp").await;
+    send_json(&mut ws, json!({"op":"subscribe","channel":"emp"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "already_subscribed");
+    send_json(&mut ws, json!({"op":"unsubscribe","channel":"emp"})).await;
+    assert_eq!(next_json(&mut ws).await, json!({"type":"unsubscribed","channel":"emp"}));
+    expect_pong_next(&mut ws).await;
+
+    ws.send(Message::text(format!(r#"{{"op":"ping","pad":"{}"}}"#, "z".repeat(4096)))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+
+    let mut again = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut again, "emp").await;
+    insert(&server.db, &[("emp", "still here")]);
+    assert_eq!(next_json(&mut again).await["data"], json!({"message": "still here"}));
+    server.stop().await.unwrap();
+}
+
+/// Health, readiness and metrics answer with real values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let server = Server::start().await;
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    insert(&server.db, &[("emp", "a"), ("emp", "b")]);
+    receive(&mut ws, 2).await;
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    for line in [
+        "orapush_connections 1",
+        "orapush_subscriptions 1",
+        "orapush_messages_drained_total 2",
+        "orapush_messages_delivered_total 2",
+        "orapush_source_connected 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains("orapush_outbox_lag_seconds"));
+    let js = reqwest::get(server.url("/orapush.js")).await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert!(js.text().await.unwrap().contains("refreshRegion"));
+    let page = reqwest::get(server.url("/")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("/orapush.js"));
+    server.stop().await.unwrap();
+}
+
+/// `POST /api/publish` delivers JSON data to a channel and to one user only when targeted; keys are enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_publish_and_keys() {
+    let server = Server::start_with(|s| s.api.publish_key = Some(orapush::config::Secret::new("k3y-for-tests"))).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "news").await;
+    let http = reqwest::Client::new();
+    let publish = |key: Option<&'static str>, body: Value| {
+        let mut req = http.post(server.url("/api/publish")).json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send()
+    };
+    let r = publish(None, json!({"channel":"news","data":1})).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = publish(Some("wrong-key-123"), json!({"channel":"news","data":1})).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(server.url("/")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = publish(Some("k3y-for-tests"), json!({"channel":"bad channel","data":1})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = publish(Some("k3y-for-tests"), json!({"nochannel":true})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = publish(Some("k3y-for-tests"), json!({"channel":"news","data":{"a":[1,2]}})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!((reply["offset"].as_u64(), reply["delivered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(next_json(&mut ws).await["data"], json!({"a": [1, 2]}));
+    // Targeted at a user: an anonymous connection never gets it.
+    let r = publish(Some("k3y-for-tests"), json!({"channel":"news","data":"secret","user":"alice"})).await.unwrap();
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["delivered"], 0);
+    expect_pong_next(&mut ws).await;
+    server.stop().await.unwrap();
+}

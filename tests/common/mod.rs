@@ -1,0 +1,233 @@
+//! Helpers shared by the black-box tests: a real server on an ephemeral
+//! port (in-process or the real binary), a real SQLite file, real
+//! WebSocket clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use orapush::config::Settings;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for anything a test waits for; reaching it fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// orapush running in this process on 127.0.0.1:0 with a fresh SQLite file.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    pub dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("orapush.db");
+        Self::start_in(dir, db, tweak).await
+    }
+
+    pub async fn start_in(dir: TempDir, db: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::default();
+        settings.sqlite.path = db.clone();
+        settings.source.poll_interval_ms = Some(10);
+        tweak(&mut settings);
+        settings.validate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(orapush::run(listener, settings, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, db, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Triggers the shutdown path and returns run()'s result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task).await.expect("server stops in time").unwrap()
+    }
+}
+
+/// Inserts rows `(channel, payload)` in one transaction; returns their ids.
+pub fn insert(db: &Path, rows: &[(&str, &str)]) -> Vec<i64> {
+    insert_targeted(db, &rows.iter().map(|(c, p)| (*c, *p, None)).collect::<Vec<_>>())
+}
+
+pub fn insert_targeted(db: &Path, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
+    let mut conn = open_db(db);
+    let tx = conn.transaction().unwrap();
+    let mut ids = Vec::new();
+    for (channel, payload, user) in rows {
+        tx.execute(
+            "INSERT INTO orapush_outbox(channel, payload, target_user) VALUES (?1, ?2, ?3)",
+            rusqlite::params![channel, payload, user],
+        )
+        .unwrap();
+        ids.push(tx.last_insert_rowid());
+    }
+    tx.commit().unwrap();
+    ids
+}
+
+pub fn open_db(db: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+pub fn outbox_count(db: &Path) -> i64 {
+    open_db(db).query_row("SELECT count(*) FROM orapush_outbox", [], |r| r.get(0)).unwrap()
+}
+
+/// Polls a condition every 10 ms until it holds; panics after PATIENCE.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    ws
+}
+
+pub async fn send_json(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// The next text frame as JSON, skipping pings; panics on close or timeout.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    let text = next_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON: {text}: {e}"))
+}
+
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next()).await.expect("a frame in time");
+        match frame {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Subscribes and returns the `subscribed` reply.
+pub async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+    send_json(ws, serde_json::json!({"op": "subscribe", "channel": channel})).await;
+    let reply = next_json(ws).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    reply
+}
+
+/// A ping/pong round trip: proves the connection is open and that nothing
+/// else was queued before the pong.
+pub async fn expect_pong_next(ws: &mut Ws) {
+    send_json(ws, serde_json::json!({"op": "ping"})).await;
+    let reply = next_json(ws).await;
+    assert_eq!(reply, serde_json::json!({"type": "pong"}));
+}
+
+/// Reads until the server closes; returns the close code (None: no close frame).
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The real `orapush` binary, started on 127.0.0.1:0.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Binary {
+    pub fn spawn(db: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(db, "127.0.0.1:0", env)
+    }
+
+    pub fn spawn_on(db: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orapush"));
+        cmd.args(["serve", "--listen", listen, "--sqlite"]).arg(db);
+        cmd.env("RUST_LOG", "warn").env("ORAPUSH__SOURCE__POLL_INTERVAL_MS", "10");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn orapush");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("orapush listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit (bounded) and returns its status.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return status;
+                }
+                assert!(std::time::Instant::now() < deadline, "orapush did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
