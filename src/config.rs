@@ -241,8 +241,7 @@ impl Settings {
             let path = path.to_string_lossy().into_owned();
             builder = builder.set_override("sqlite.path", path).map_err(config_error)?;
         }
-        let settings: Settings =
-            builder.build().and_then(|c| c.try_deserialize()).map_err(config_error)?;
+        let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(config_error)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -270,7 +269,9 @@ impl Settings {
             if origin.is_empty() || origin.ends_with('/') {
                 return Err(ConfigError::key(
                     "server.allowed_origins",
-                    format!("entry {origin:?} must be a scheme://host[:port] origin without a trailing slash"),
+                    format!(
+                        "entry {origin:?} must be a scheme://host[:port] origin without a trailing slash"
+                    ),
                 ));
             }
         }
@@ -348,7 +349,11 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("o.toml");
-        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_message_bytes = 2048\n[hub]\nhistory_size = 5\n").unwrap();
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:9000\"\nmax_message_bytes = 2048\n[hub]\nhistory_size = 5\n",
+        )
+        .unwrap();
         let vars = env(&[
             ("ORAPUSH__HUB__HISTORY_SIZE", "7"),
             ("ORAPUSH__LEGACY__CHANNELS", "emp,dept.*"),

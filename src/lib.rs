@@ -28,8 +28,8 @@
 //! | [`state`] | the cheap-clone handle the handlers share |
 
 pub mod config;
-pub mod hub;
 pub mod http;
+pub mod hub;
 pub mod message;
 pub mod metrics;
 pub mod server;

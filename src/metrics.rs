@@ -81,7 +81,10 @@ impl Metrics {
                 "orapush_slow_consumers_disconnected_total",
                 "Connections closed for being too slow",
             ),
-            dead_lettered: counter("orapush_messages_dead_lettered_total", "Rows moved to the dead-letter table"),
+            dead_lettered: counter(
+                "orapush_messages_dead_lettered_total",
+                "Rows moved to the dead-letter table",
+            ),
             source_errors: counter("orapush_source_errors_total", "Errors talking to the source database"),
             outbox_lag_seconds: lag,
             source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),

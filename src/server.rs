@@ -45,9 +45,10 @@ pub async fn run(
     let flush_wait = Duration::from_millis(settings.source.flush_wait_ms);
     let dispatcher = tokio::spawn(drain::dispatch(batches, hub.clone(), metrics.clone(), flush_wait));
     let stopper = Stopper::default();
-    let mut drainer_done = start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
-        .await
-        .context("starting the source")?;
+    let mut drainer_done =
+        start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
+            .await
+            .context("starting the source")?;
 
     let sessions_stop = CancellationToken::new();
     let server = &settings.server;
@@ -95,7 +96,8 @@ pub async fn run(
     };
     state.shutting_down.store(true, Ordering::Relaxed);
     stopper.stop();
-    let source_result = source_result.unwrap_or_else(|_| Err(SourceError::fatal("the source thread panicked")));
+    let source_result =
+        source_result.unwrap_or_else(|_| Err(SourceError::fatal("the source thread panicked")));
 
     // The source is quiet now: close the sockets, then the listener.
     sessions_stop.cancel();

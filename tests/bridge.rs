@@ -109,7 +109,8 @@ async fn recovery_after_reconnect() {
 
     // A wrong epoch cannot be recovered: recovered=false and nothing replayed.
     let mut other = connect(&server.ws_url("/ws")).await;
-    send_json(&mut other, json!({"op":"subscribe","channel":"emp","since":{"epoch":"nope","offset":3}})).await;
+    send_json(&mut other, json!({"op":"subscribe","channel":"emp","since":{"epoch":"nope","offset":3}}))
+        .await;
     let reply = next_json(&mut other).await;
     assert_eq!((reply["recovered"].as_bool(), reply["offset"].as_u64()), (Some(false), Some(9)));
     expect_pong_next(&mut other).await;
@@ -155,8 +156,15 @@ async fn legacy_endpoint_is_seed_compatible() {
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let reply: Value =
-            http.post(server.url("/")).body(r#"{"message":"REFRESH"}"#).send().await.unwrap().json().await.unwrap();
+        let reply: Value = http
+            .post(server.url("/"))
+            .body(r#"{"message":"REFRESH"}"#)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if reply == json!({"message": "Send to 3 clients"}) {
             break;
         }
@@ -213,7 +221,9 @@ async fn dead_letters_do_not_block() {
     assert!(reasons[0].1.contains("invalid channel"), "{reasons:?}");
     assert!(reasons[1].1.contains("empty"), "{reasons:?}");
     assert!(reasons[2].1.contains("3000 bytes"), "{reasons:?}");
-    let kept: String = conn.query_row("SELECT payload FROM orapush_dead_letter WHERE id = ?1", [ids[3]], |r| r.get(0)).unwrap();
+    let kept: String = conn
+        .query_row("SELECT payload FROM orapush_dead_letter WHERE id = ?1", [ids[3]], |r| r.get(0))
+        .unwrap();
     assert_eq!(kept.len(), 3000);
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("orapush_messages_dead_lettered_total 3"), "{metrics}");
@@ -249,7 +259,8 @@ async fn slow_subscriber_is_disconnected_alone() {
             .unwrap();
         assert!(r.status().is_success());
     }
-    let (mut fast, offsets) = tokio::time::timeout(PATIENCE, reader).await.expect("fast reader done").unwrap();
+    let (mut fast, offsets) =
+        tokio::time::timeout(PATIENCE, reader).await.expect("fast reader done").unwrap();
     assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
     expect_pong_next(&mut fast).await;
 
@@ -328,7 +339,8 @@ async fn health_readiness_and_metrics() {
 /// `POST /api/publish` delivers JSON data to a channel and to one user only when targeted; keys are enforced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_publish_and_keys() {
-    let server = Server::start_with(|s| s.api.publish_key = Some(orapush::config::Secret::new("k3y-for-tests"))).await;
+    let server =
+        Server::start_with(|s| s.api.publish_key = Some(orapush::config::Secret::new("k3y-for-tests"))).await;
     let mut ws = connect(&server.ws_url("/ws")).await;
     subscribe(&mut ws, "news").await;
     let http = reqwest::Client::new();
@@ -355,9 +367,30 @@ async fn api_publish_and_keys() {
     assert_eq!((reply["offset"].as_u64(), reply["delivered"].as_u64()), (Some(1), Some(1)));
     assert_eq!(next_json(&mut ws).await["data"], json!({"a": [1, 2]}));
     // Targeted at a user: an anonymous connection never gets it.
-    let r = publish(Some("k3y-for-tests"), json!({"channel":"news","data":"secret","user":"alice"})).await.unwrap();
+    let r = publish(Some("k3y-for-tests"), json!({"channel":"news","data":"secret","user":"alice"}))
+        .await
+        .unwrap();
     let reply: Value = r.json().await.unwrap();
     assert_eq!(reply["delivered"], 0);
     expect_pong_next(&mut ws).await;
+    server.stop().await.unwrap();
+}
+
+/// With `server.allowed_origins` set, a listed Origin upgrades and any other gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_allow_list() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = Server::start_with(|s| s.server.allowed_origins = vec!["https://apex.example".into()]).await;
+    let request = |origin: &str| {
+        let mut req = server.ws_url("/ws").into_client_request().unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        req
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(request("https://apex.example")).await.unwrap();
+    expect_pong_next(&mut ws).await;
+    match tokio_tungstenite::connect_async(request("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
     server.stop().await.unwrap();
 }

@@ -8,7 +8,10 @@ const CLIENT_JS: &str = include_str!("../../web/orapush.js");
 const DEMO_PAGE: &str = include_str!("../../web/index.html");
 
 pub async fn client_js() -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], CLIENT_JS)
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        CLIENT_JS,
+    )
         .into_response()
 }
 

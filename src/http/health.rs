@@ -18,7 +18,10 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// 200 when the source is connected and the process is not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "shutting down"})))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "shutting down"})),
+        )
             .into_response();
     }
     let status = state.source_status.snapshot();
@@ -27,11 +30,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             .into_response()
     } else {
         let reason = status.last_error.unwrap_or_else(|| "source not connected".into());
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason }))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason })))
+            .into_response()
     }
 }
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+        .into_response()
 }

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/orapush.js", get(assets::client_js))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

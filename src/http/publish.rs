@@ -16,8 +16,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
 use crate::message::{payload_to_data, validate_channel, Message};
@@ -28,7 +28,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Checks the publish key, or the loopback rule when no key is set.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     match &state.settings.api.publish_key {
         Some(key) => {
             let given = headers
@@ -39,11 +39,14 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
             if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
                 Ok(())
             } else {
-                Err(refuse(StatusCode::UNAUTHORIZED, "missing or wrong publish key (Authorization: Bearer <api.publish_key>)"))
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong publish key (Authorization: Bearer <api.publish_key>)",
+                ))
             }
         }
         None if state.listens_on_loopback() => Ok(()),
-        None => Err(refuse(
+        None => Err((
             StatusCode::FORBIDDEN,
             "publishing over HTTP needs api.publish_key when the server does not listen on loopback",
         )),
@@ -56,8 +59,8 @@ fn next_id(state: &AppState) -> String {
 
 /// `POST /` (seed-compatible): any body, JSON or not, to `legacy.publish_channel`.
 pub async fn legacy(State(state): State<AppState>, headers: HeaderMap, body: String) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refusal;
+    if let Err((status, why)) = authorize(&state, &headers) {
+        return refuse(status, why);
     }
     let channel = &state.settings.legacy.publish_channel;
     let max = state.settings.server.max_message_bytes;
@@ -85,12 +88,17 @@ pub async fn api(
     headers: HeaderMap,
     request: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(refusal) = authorize(&state, &headers) {
-        return refusal;
+    if let Err((status, why)) = authorize(&state, &headers) {
+        return refuse(status, why);
     }
     let Json(request) = match request {
         Ok(r) => r,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("body must be {{\"channel\", \"data\", \"user\"}}: {}", e.body_text())),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"channel\", \"data\", \"user\"}}: {}", e.body_text()),
+            )
+        }
     };
     if let Err(e) = validate_channel(&request.channel) {
         return refuse(StatusCode::BAD_REQUEST, e.to_string());
@@ -98,7 +106,10 @@ pub async fn api(
     let max = state.settings.server.max_message_bytes;
     let size = request.data.get().len();
     if size > max {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("data is {size} bytes, over server.max_message_bytes ({max})"));
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("data is {size} bytes, over server.max_message_bytes ({max})"),
+        );
     }
     let message = Message {
         id: next_id(&state),

@@ -100,7 +100,8 @@ impl Stopper {
     pub fn sleep(&self, timeout: Duration) -> bool {
         let (flag, cv) = &*self.0;
         let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
-        let (guard, _) = cv.wait_timeout_while(guard, timeout, |stopped| !*stopped).unwrap_or_else(|p| p.into_inner());
+        let (guard, _) =
+            cv.wait_timeout_while(guard, timeout, |stopped| !*stopped).unwrap_or_else(|p| p.into_inner());
         *guard
     }
 }

@@ -21,8 +21,8 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Upgrades the request and runs the session.
 pub fn upgrade(state: &AppState, upgrade: WebSocketUpgrade, headers: &HeaderMap, mode: Mode) -> Response {
-    if let Err(refusal) = check_origin(state, headers) {
-        return refusal;
+    if !origin_allowed(state, headers) {
+        return (StatusCode::FORBIDDEN, "Origin not allowed (server.allowed_origins)\n").into_response();
     }
     let settings = &state.settings.server;
     let conn = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
@@ -40,17 +40,14 @@ pub fn upgrade(state: &AppState, upgrade: WebSocketUpgrade, headers: &HeaderMap,
         .on_upgrade(move |socket| tracker.track_future(session::run(socket, conn, mode, ctx)))
 }
 
-/// Refuses an upgrade whose Origin is not in `server.allowed_origins`.
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// False when `server.allowed_origins` is set and the Origin is not in it.
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     let allowed = &state.settings.server.allowed_origins;
     if allowed.is_empty() {
-        return Ok(());
+        return true;
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    match origin {
-        Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => Ok(()),
-        _ => Err((StatusCode::FORBIDDEN, "Origin not allowed (server.allowed_origins)\n").into_response()),
-    }
+    origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
 }
 
 /// The `channel` values of a query string (`?channel=a&channel=b`).

@@ -150,7 +150,10 @@ mod tests {
         assert_eq!(code(r#"{"op":5}"#), "bad_request");
         assert_eq!(code(r#"{"op":"subscribe"}"#), "bad_request");
         assert_eq!(code(r#"{"op":"subscribe","channel":"a b"}"#), "bad_request");
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","since":{"epoch":"e","offset":-1}}"#), "bad_request");
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","since":{"epoch":"e","offset":-1}}"#),
+            "bad_request"
+        );
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "unknown_op");
     }
 

@@ -83,7 +83,12 @@ pub async fn run(socket: WebSocket, conn: ConnId, mode: Mode, ctx: Arc<SessionCo
 }
 
 impl Session {
-    async fn serve(&mut self, mode: Mode, mut stream: SplitStream<WebSocket>, mut rx: mpsc::Receiver<Outgoing>) {
+    async fn serve(
+        &mut self,
+        mode: Mode,
+        mut stream: SplitStream<WebSocket>,
+        mut rx: mpsc::Receiver<Outgoing>,
+    ) {
         let legacy = matches!(mode, Mode::Legacy);
         match mode {
             Mode::Legacy => self.ctx.hub.add_legacy(self.subscriber.clone()),
@@ -233,7 +238,10 @@ impl Session {
                         replies
                     }
                     Err(AlreadySubscribed) => {
-                        let e = ProtocolError::new("already_subscribed", format!("already subscribed to {channel:?}"));
+                        let e = ProtocolError::new(
+                            "already_subscribed",
+                            format!("already subscribed to {channel:?}"),
+                        );
                         vec![protocol::error(&e).into()]
                     }
                 }

@@ -116,7 +116,8 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 pub async fn connect(url: &str) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (ws, _) =
+        tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
     ws
 }
 
