@@ -1,1 +1,374 @@
-fn main() {}
+//! The orapush benchmark, run by `scripts/bench.sh` (which builds orapush in
+//! release mode and npm-installs the node.js baselines into a temp folder).
+//! Every figure is measured in the same run for orapush and the baselines,
+//! and reported as a ratio.
+//!
+//! 1. Memory per idle WebSocket at N connections (RSS growth / N).
+//! 2. Broadcast deliveries per second: S subscribers on `/`, M 100-byte
+//!    messages fed through `POST /`, timed until every subscriber has all.
+//! 3. Insert→receive latency through the SQLite outbox at a fixed rate
+//!    (orapush only: the baselines have no outbox).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use futures_util::StreamExt;
+use tokio::net::TcpSocket;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Args {
+    /// The orapush release binary.
+    #[arg(long)]
+    orapush: PathBuf,
+    /// npm-installed copy of shared/baselines/seed-node.
+    #[arg(long)]
+    seed: PathBuf,
+    /// npm-installed copy of shared/baselines/node-ws (optional).
+    #[arg(long)]
+    node_ws: Option<PathBuf>,
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    #[arg(long, default_value_t = 2_000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 500)]
+    messages: usize,
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// Skip the idle-memory measurement.
+    #[arg(long)]
+    skip_idle: bool,
+    /// Skip the latency measurement.
+    #[arg(long)]
+    skip_latency: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+struct Server {
+    name: String,
+    child: Child,
+    port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_orapush(binary: &Path) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(binary)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--sqlite"])
+        .arg(dir.path().join("bench.db"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start orapush");
+    wait_listening(port);
+    Server { name: "orapush".into(), child, port, _dir: Some(dir) }
+}
+
+fn start_node(name: &str, dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new("node")
+        .arg(dir.join("server.js"))
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start node");
+    wait_listening(port);
+    Server { name: name.into(), child, port, _dir: None }
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server on {port} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket from 127.0.0.x (spread over 16 source addresses so
+/// ephemeral ports never run short).
+async fn open(port: u16, path: &str, i: usize) -> Ws {
+    let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(source).unwrap();
+    let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws
+}
+
+/// Opens a WebSocket by hand and returns the raw socket: the broadcast
+/// readers then only count frames, so the client costs far less than any
+/// server under test and the figure measures the server.
+async fn open_raw(port: u16, path: &str, i: usize) -> (tokio::net::TcpStream, FrameCounter) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(source).unwrap();
+    let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    (stream, FrameCounter::default())
+}
+
+/// Counts unmasked server text frames of exactly `BODY_BYTES` payload in a
+/// byte stream, skipping every other frame (warm-up, pings).
+#[derive(Default)]
+struct FrameCounter {
+    skip: usize,
+    header: [u8; 2],
+    header_len: usize,
+    count: usize,
+}
+
+impl FrameCounter {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            self.header[self.header_len] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if self.header_len == 2 {
+                let len = (self.header[1] & 0x7f) as usize;
+                assert!(len < 126, "bench frames are all under 126 bytes");
+                if self.header[0] == 0x81 && len == BODY_BYTES {
+                    self.count += 1;
+                }
+                self.skip = len;
+                self.header_len = 0;
+            }
+        }
+    }
+}
+
+async fn open_many(port: u16, path: &str, n: usize) -> Vec<Ws> {
+    let mut all = Vec::with_capacity(n);
+    for chunk_start in (0..n).step_by(500) {
+        let end = (chunk_start + 500).min(n);
+        let opened = futures_util::future::join_all((chunk_start..end).map(|i| open(port, path, i))).await;
+        all.extend(opened);
+    }
+    all
+}
+
+/// KiB of server RSS per idle connection.
+async fn idle_memory(server: &Server, n: usize) -> f64 {
+    // Warm up allocator and runtime with a few connections first.
+    drop(open_many(server.port, "/", 50).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(server.child.id());
+    let conns = open_many(server.port, "/", n).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.child.id());
+    drop(conns);
+    (after.saturating_sub(before)) as f64 / n as f64
+}
+
+/// Size of each broadcast message; the readers count frames of this size.
+const BODY_BYTES: usize = 100;
+
+/// Deliveries per second of `messages` 100-byte POSTs to `subscribers` sockets on `/`.
+async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 {
+    let mut conns = Vec::with_capacity(subscribers);
+    for chunk_start in (0..subscribers).step_by(500) {
+        let end = (chunk_start + 500).min(subscribers);
+        conns.extend(
+            futures_util::future::join_all((chunk_start..end).map(|i| open_raw(server.port, "/", i))).await,
+        );
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_done = Arc::new(Notify::new());
+    let mut readers = Vec::new();
+    for (mut stream, mut counter) in conns {
+        let (done, all_done) = (done.clone(), all_done.clone());
+        readers.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 16 * 1024];
+            while counter.count < messages {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        panic!("subscriber lost its connection after {} messages", counter.count)
+                    }
+                    Ok(n) => counter.feed(&buf[..n]),
+                }
+            }
+            if done.fetch_add(1, Ordering::SeqCst) + 1 == subscribers {
+                all_done.notify_one();
+            }
+        }));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let frame = |pad: &str| format!(r#"{{"message":"REFRESH","pad":"{pad}"}}"#);
+    let body = frame(&"x".repeat(BODY_BYTES - frame("").len()));
+    assert_eq!(body.len(), BODY_BYTES);
+    // Every subscriber is registered once a POST reaches all of them.
+    loop {
+        let reply: serde_json::Value =
+            http.post(&url).body("warmup").send().await.unwrap().json().await.unwrap();
+        if reply["message"] == format!("Send to {subscribers} clients") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    for _ in 0..messages {
+        let r = http.post(&url).body(body.clone()).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await.expect("all delivered");
+    let elapsed = start.elapsed();
+    for r in readers {
+        r.abort();
+    }
+    (subscribers * messages) as f64 / elapsed.as_secs_f64()
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Insert→receive latency (ms) at `rate` rows/s through the SQLite outbox.
+async fn outbox_latency(binary: &Path, rate: u64, seconds: u64) -> (f64, f64, f64, usize) {
+    let server = start_orapush(binary);
+    let db = server._dir.as_ref().unwrap().path().join("bench.db");
+    let mut ws = open(server.port, "/ws?channel=lat", 0).await;
+    let total = (rate * seconds) as usize;
+    // The first frame is the subscription confirmation.
+    let _ = ws.next().await;
+    let writer = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        let mut insert =
+            conn.prepare("INSERT INTO orapush_outbox(channel, payload) VALUES ('lat', ?1)").unwrap();
+        let start = Instant::now();
+        for i in 0..total {
+            let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            insert.execute([format!(r#"{{"t":{}}}"#, now_micros())]).unwrap();
+        }
+    });
+    let mut latencies = Vec::with_capacity(total);
+    while latencies.len() < total {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("messages keep coming") {
+            Some(Ok(Message::Text(t))) => {
+                let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if let Some(sent) = f["data"]["t"].as_u64() {
+                    latencies.push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("latency socket ended: {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (pct(0.50), pct(0.99), latencies[latencies.len() - 1], latencies.len())
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut servers: Vec<(String, Box<dyn Fn() -> Server>)> = vec![
+            ("orapush".into(), Box::new({ let b = args.orapush.clone(); move || start_orapush(&b) })),
+            ("seed-node".into(), Box::new({ let d = args.seed.clone(); move || start_node("seed-node", &d) })),
+        ];
+        if let Some(dir) = args.node_ws.clone() {
+            servers.push(("node-ws".into(), Box::new(move || start_node("node-ws", &dir))));
+        }
+
+        println!("## Memory per idle connection ({} connections)\n", args.connections);
+        let mut idle = Vec::new();
+        for (name, start) in servers.iter().filter(|_| !args.skip_idle) {
+            let server = start();
+            let kib = idle_memory(&server, args.connections).await;
+            println!("- {name}: {kib:.1} KiB per connection");
+            idle.push((name.clone(), kib));
+            drop(server);
+        }
+
+        println!("\n## Broadcast: {} subscribers, {} messages of 100 bytes via POST /\n", args.subscribers, args.messages);
+        let mut rates = Vec::new();
+        for (name, start) in &servers {
+            let server = start();
+            let rate = broadcast(&server, args.subscribers, args.messages).await;
+            println!("- {}: {rate:.0} deliveries/s", server.name);
+            rates.push((name.clone(), rate));
+        }
+
+        println!("\n## Ratios (orapush vs baseline, same run)\n");
+        for i in 1..servers.len() {
+            if args.skip_idle {
+                println!("- vs {}: broadcast {:.2}x faster", rates[i].0, rates[0].1 / rates[i].1);
+                continue;
+            }
+            println!(
+                "- vs {}: idle memory {:.2}x smaller, broadcast {:.2}x faster",
+                idle[i].0,
+                idle[i].1 / idle[0].1,
+                rates[0].1 / rates[i].1
+            );
+        }
+
+        if args.skip_latency {
+            return;
+        }
+        let (p50, p99, max, n) = outbox_latency(&args.orapush, args.rate, args.latency_seconds).await;
+        println!(
+            "\n## Insert→receive through the SQLite outbox at {} rows/s ({n} rows, default poll 50 ms)\n\n- p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+            args.rate
+        );
+    });
+}

@@ -46,8 +46,9 @@ pub struct ServerSettings {
     pub client_timeout_ms: u64,
     /// A write to one socket that takes longer than this closes that socket.
     pub write_timeout_ms: u64,
-    /// Bytes each connection reserves for reading frames (tungstenite's own
-    /// default, 128 KiB, would make 10,000 idle connections cost 1.3 GB).
+    /// Bytes each connection reserves up front for reading frames; the
+    /// buffer grows for a larger frame. tungstenite's own default, 128 KiB,
+    /// would make 10,000 idle connections cost 1.3 GB.
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for sockets to flush and close.
     pub shutdown_timeout_ms: u64,
@@ -62,7 +63,7 @@ impl Default for ServerSettings {
             ping_interval_ms: 25_000,
             client_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             shutdown_timeout_ms: 5_000,
         }
     }

@@ -47,7 +47,6 @@ pub async fn run(
     let stopper = Stopper::default();
     let mut drainer_done =
         start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
-            .await
             .context("starting the source")?;
 
     let sessions_stop = CancellationToken::new();
@@ -118,9 +117,10 @@ pub async fn run(
     source_result.map_err(|e| anyhow::anyhow!("source: {e}"))
 }
 
-/// Opens the configured source (failing fast on a fatal error) and starts
-/// its drainer thread; the receiver resolves when the thread ends.
-async fn start_source(
+/// Starts the configured source's drainer thread, which connects by itself;
+/// the receiver resolves when the thread ends (a fatal error ends it early,
+/// and `run` with it).
+fn start_source(
     settings: &Arc<Settings>,
     handoff: Handoff,
     status: SourceStatus,
@@ -137,14 +137,10 @@ async fn start_source(
     match settings.source.kind {
         SourceKind::Sqlite => {
             let sqlite = settings.sqlite.clone();
-            let first = {
-                let sqlite = sqlite.clone();
-                tokio::task::spawn_blocking(move || SqliteOutbox::open(&sqlite)).await??
-            };
-            info!(path = %sqlite.path.display(), "SQLite outbox open");
+            info!(path = %sqlite.path.display(), "SQLite outbox");
             std::thread::Builder::new().name("orapush-source".into()).spawn(move || {
-                let connect = || SqliteOutbox::open(&sqlite);
-                let result = drain::run_drainer(first, connect, handoff, config, status, metrics, stopper);
+                let connect = || SqliteOutbox::open_for_draining(&sqlite);
+                let result = drain::run_drainer(connect, handoff, config, status, metrics, stopper);
                 let _ = done_tx.send(result);
             })?;
         }

@@ -168,9 +168,9 @@ impl Backoff {
 }
 
 /// The drainer's loop, run on its own thread until `stop` fires, the hub
-/// closes, or a fatal error happens (returned).
+/// closes, or a fatal error happens (returned). It connects (and reconnects)
+/// through `connect`; transient connection errors are retried with backoff.
 pub fn run_drainer<S, F>(
-    initial: S,
     mut connect: F,
     handoff: Handoff,
     config: DrainConfig,
@@ -182,17 +182,15 @@ where
     S: OutboxStore,
     F: FnMut() -> Result<S, SourceError>,
 {
-    let mut store = Some(initial);
+    let mut store: Option<S> = None;
     let mut backoff = Backoff::new(config.max_backoff);
-    status.set_connected();
-    metrics.source_connected.set(1);
-    metrics.source_active.set(1);
     while !stop.is_stopped() {
         let current = match store.as_mut() {
             Some(s) => s,
             None => match connect() {
                 Ok(s) => {
-                    info!("source reconnected");
+                    info!("source connected");
+                    metrics.source_active.set(1);
                     status.set_connected();
                     metrics.source_connected.set(1);
                     store.insert(s)

@@ -22,14 +22,16 @@ use crate::message::OutboxRow;
 /// The outbox contract. Implementations are blocking and live on the
 /// source's own thread.
 pub trait OutboxStore: Send {
-    /// Begins a transaction and claims up to `limit` rows, lowest id first.
-    /// An empty result ends the transaction.
+    /// Claims up to `limit` rows, lowest id first. Stores whose database
+    /// can have several drainers lock the rows here (in a transaction that
+    /// `complete` commits); a store with one drainer may simply read.
     fn claim(&mut self, limit: usize) -> Result<Vec<OutboxRow>, SourceError>;
 
-    /// Deletes `handed_over`, moves `dead` to the dead-letter table, commits.
+    /// Deletes `handed_over`, moves `dead` to the dead-letter table, commits,
+    /// all in one transaction.
     fn complete(&mut self, handed_over: &[i64], dead: &[DeadLetter]) -> Result<(), SourceError>;
 
-    /// Rolls back the open transaction, if any; nothing is deleted.
+    /// Gives the claim up (rolls back, if a transaction is open); nothing is deleted.
     fn abort(&mut self);
 
     /// Returns when new rows may be there: after `timeout`, or sooner when

@@ -1,10 +1,16 @@
 //! The embedded SQLite outbox: the default source, needing no server.
 //!
-//! The file is opened in WAL mode with a busy timeout, so a DBA's `sqlite3`
-//! INSERT while orapush drains waits for the lock instead of failing with
-//! "database is locked". A pass holds the write lock (`BEGIN IMMEDIATE`) from
-//! claim to commit, which keeps two orapush processes on one file from
-//! claiming the same rows.
+//! A DBA's `sqlite3` INSERT must not fail with "database is locked", and the
+//! `sqlite3` shell waits 0 ms for a lock by default. So the drainer holds
+//! SQLite's write lock as briefly as it can: the claim is a plain read (WAL
+//! mode: readers never block writers), and only the final delete + commit
+//! (`BEGIN IMMEDIATE`, well under a millisecond for a batch) takes the lock.
+//! The hand-over to the hub happens with no lock held.
+//!
+//! Because the claim takes no lock, one process must own the outbox: the
+//! drainer holds an exclusive lock on `<path>.drain-lock` for as long as it
+//! runs (released by the kernel if the process dies), and a second orapush
+//! on the same file stops with a clear error.
 //!
 //! SQLite types are dynamic, so a DBA can put a number or a BLOB in
 //! `payload`; rows are read with text conversion (lossy for invalid UTF-8)
@@ -32,13 +38,41 @@ const DEAD_LETTER_SQL: &str = "INSERT OR REPLACE INTO orapush_dead_letter \
 
 pub struct SqliteOutbox {
     conn: Connection,
-    in_transaction: bool,
+    /// Held while this process drains the file (see the module doc).
+    _drain_lock: Option<std::fs::File>,
 }
 
 impl SqliteOutbox {
-    /// Opens (and creates, with its tables) the outbox file.
+    /// Opens (and creates, with its tables) the outbox file, to publish.
     pub fn open(settings: &SqliteSettings) -> Result<Self, SourceError> {
         Self::open_path(&settings.path, Duration::from_millis(settings.busy_timeout_ms))
+    }
+
+    /// Opens the outbox to drain it: also takes the single-drainer lock.
+    pub fn open_for_draining(settings: &SqliteSettings) -> Result<Self, SourceError> {
+        let mut outbox = Self::open(settings)?;
+        let lock_path = format!("{}.drain-lock", settings.path.display());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| SourceError::fatal(format!("cannot create the drain lock {lock_path}: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SourceError::fatal(format!(
+                    "another orapush is draining `sqlite.path` = {} (it holds {lock_path}); \
+                     run one orapush per SQLite file",
+                    settings.path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(SourceError::fatal(format!("cannot lock {lock_path}: {e}")))
+            }
+        }
+        outbox._drain_lock = Some(file);
+        Ok(outbox)
     }
 
     pub fn open_path(path: &Path, busy_timeout: Duration) -> Result<Self, SourceError> {
@@ -53,7 +87,7 @@ impl SqliteOutbox {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(context)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(context)?;
         conn.execute_batch(SCHEMA).map_err(context)?;
-        Ok(Self { conn, in_transaction: false })
+        Ok(Self { conn, _drain_lock: None })
     }
 
     fn error(context: &str, e: rusqlite::Error) -> SourceError {
@@ -89,9 +123,7 @@ fn text(value: ValueRef<'_>) -> Option<String> {
 
 impl OutboxStore for SqliteOutbox {
     fn claim(&mut self, limit: usize) -> Result<Vec<OutboxRow>, SourceError> {
-        self.abort();
-        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| Self::error("begin", e))?;
-        self.in_transaction = true;
+        // A plain read: no lock is held while the rows go to the hub.
         let mut stmt = self.conn.prepare_cached(CLAIM_SQL).map_err(|e| Self::error("claim", e))?;
         let rows = stmt
             .query_map([limit as i64], |r| {
@@ -105,15 +137,12 @@ impl OutboxStore for SqliteOutbox {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| Self::error("claim", e))?;
-        drop(stmt);
-        if rows.is_empty() {
-            self.abort();
-        }
         Ok(rows)
     }
 
     fn complete(&mut self, handed_over: &[i64], dead: &[DeadLetter]) -> Result<(), SourceError> {
         let result = (|| {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
             let mut move_dead = self.conn.prepare_cached(DEAD_LETTER_SQL)?;
             for d in dead {
                 move_dead.execute(params![d.row.id, d.reason])?;
@@ -125,10 +154,7 @@ impl OutboxStore for SqliteOutbox {
             self.conn.execute_batch("COMMIT")
         })();
         match result {
-            Ok(()) => {
-                self.in_transaction = false;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 self.abort();
                 Err(Self::error("complete", e))
@@ -137,10 +163,9 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn abort(&mut self) {
-        if self.in_transaction || !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        self.in_transaction = false;
     }
 }
 
@@ -184,7 +209,7 @@ mod tests {
         assert_eq!(o.backlog().unwrap(), 2);
     }
 
-    /// Abort leaves every claimed row in place.
+    /// Claiming without completing leaves every row in place.
     #[test]
     fn abort_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -226,6 +251,32 @@ mod tests {
         let mut o = open(&dir);
         let err = o.publish("bad channel", "x", None).unwrap_err();
         assert!(err.message.contains("channel"), "{err}");
+    }
+
+    /// A second drainer on the same file is refused; the lock goes with the first.
+    #[test]
+    fn one_drainer_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SqliteSettings { path: dir.path().join("o.db"), busy_timeout_ms: 1000 };
+        let first = SqliteOutbox::open_for_draining(&settings).unwrap();
+        let err = SqliteOutbox::open_for_draining(&settings).err().expect("second drainer refused");
+        assert!(err.is_fatal() && err.message.contains("another orapush"), "{err}");
+        drop(first);
+        assert!(SqliteOutbox::open_for_draining(&settings).is_ok());
+    }
+
+    /// The claim holds no write lock: a writer with no busy timeout succeeds while rows are claimed.
+    #[test]
+    fn claim_does_not_block_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = open(&dir);
+        o.publish("c", "x", None).unwrap();
+        let rows = o.claim(10).unwrap();
+        let other = Connection::open(dir.path().join("o.db")).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        other.execute("INSERT INTO orapush_outbox(channel, payload) VALUES ('c', 'y')", []).unwrap();
+        o.complete(&[rows[0].id], &[]).unwrap();
+        assert_eq!(o.backlog().unwrap(), 1);
     }
 
     /// An unwritable path is a fatal error naming the key.

@@ -56,6 +56,7 @@ impl Server {
         let task = tokio::spawn(orapush::run(listener, settings, async move {
             let _ = stopped.await;
         }));
+        tokio::task::spawn_blocking(move || wait_ready(addr)).await.unwrap();
         Self { addr, db, dir, stop: Some(stop), task: Some(task) }
     }
 
@@ -72,6 +73,26 @@ impl Server {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();
         tokio::time::timeout(PATIENCE, task).await.expect("server stops in time").unwrap()
+    }
+}
+
+/// The status code of a plain `GET path` (std only, usable anywhere).
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Blocks until `/readyz` answers 200 (the source is connected, tables exist).
+pub fn wait_ready(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while http_status(addr, "/readyz") != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "orapush on {addr} never became ready");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -197,6 +218,7 @@ impl Binary {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .parse()
             .unwrap();
+        wait_ready(addr);
         Self { child, addr }
     }
 
