@@ -43,6 +43,9 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// Broadcast rounds per server; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Skip the idle-memory measurement.
     #[arg(long)]
     skip_idle: bool,
@@ -342,10 +345,16 @@ fn main() {
         println!("\n## Broadcast: {} subscribers, {} messages of 100 bytes via POST /\n", args.subscribers, args.messages);
         let mut rates = Vec::new();
         for (name, start) in &servers {
-            let server = start();
-            let rate = broadcast(&server, args.subscribers, args.messages).await;
-            println!("- {}: {rate:.0} deliveries/s", server.name);
-            rates.push((name.clone(), rate));
+            let mut round_rates = Vec::new();
+            for _ in 0..args.rounds {
+                let server = start();
+                round_rates.push(broadcast(&server, args.subscribers, args.messages).await);
+            }
+            round_rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let median = round_rates[round_rates.len() / 2];
+            let all: Vec<String> = round_rates.iter().map(|r| format!("{r:.0}")).collect();
+            println!("- {name}: {median:.0} deliveries/s (median of {}: {})", args.rounds, all.join(", "));
+            rates.push((name.clone(), median));
         }
 
         println!("\n## Ratios (orapush vs baseline, same run)\n");

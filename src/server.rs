@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,10 @@ pub async fn run(
         next_http_id: Arc::new(AtomicU64::new(0)),
     };
     let listener_stop = CancellationToken::new();
+    // Pushes are small and latency-bound: never let Nagle hold one back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = tokio::spawn(
         axum::serve(listener, crate::http::router(state.clone()))
             .with_graceful_shutdown(listener_stop.clone().cancelled_owned())

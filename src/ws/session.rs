@@ -11,7 +11,9 @@
 //! cannot pin this task.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
@@ -102,8 +104,14 @@ impl Session {
             }
         }
         let config = self.ctx.config.clone();
-        let shutdown = self.ctx.shutdown.clone();
-        let kick = self.subscriber.kick.clone();
+        // Both waits are registered once, not on every turn of the loop: the
+        // shutdown token is shared by every session, so re-registering on
+        // each message would make all of them contend for its lock.
+        let shutdown_token = self.ctx.shutdown.clone();
+        let kick_token = self.subscriber.kick.clone();
+        let shutdown = shutdown_token.cancelled();
+        let kicked = kick_token.cancelled();
+        tokio::pin!(shutdown, kicked);
         let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -111,11 +119,11 @@ impl Session {
         let close_with = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.flush_queue(&mut rx).await;
                     break Some((close::GOING_AWAY, "server shutting down"));
                 }
-                _ = kick.cancelled() => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
+                _ = &mut kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
                 Some(first) = rx.recv() => match self.write_queued(first, &mut rx).await {
                     WriteEnd::Written => {}
                     WriteEnd::Failed => break None,
@@ -167,9 +175,13 @@ impl Session {
 
     /// Writes `first` and whatever else is queued, then flushes. The
     /// receipts are released only after the flush.
+    ///
+    /// Most writes complete on their first poll; only a write the socket
+    /// does not accept at once gets the timeout and the "too slow" watch.
     async fn write_queued(&mut self, first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> WriteEnd {
-        let kick = self.subscriber.kick.clone();
         let timeout = self.ctx.config.write_timeout;
+        let conn = self.conn;
+        let kick = &self.subscriber.kick;
         let sink = &mut self.sink;
         let write = async move {
             let mut receipts = Vec::with_capacity(WRITE_BATCH);
@@ -185,20 +197,26 @@ impl Session {
             drop(receipts);
             Ok::<(), axum::Error>(())
         };
-        tokio::select! {
-            biased;
-            _ = kick.cancelled() => WriteEnd::Kicked,
-            result = tokio::time::timeout(timeout, write) => match result {
-                Ok(Ok(())) => WriteEnd::Written,
-                Ok(Err(e)) => {
-                    debug!(conn = self.conn, error = %e, "write failed");
-                    WriteEnd::Failed
-                }
-                Err(_) => {
-                    debug!(conn = self.conn, "write timed out");
-                    WriteEnd::Failed
-                }
+        tokio::pin!(write);
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let result = match first_poll {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = kick.cancelled() => return WriteEnd::Kicked,
+                result = tokio::time::timeout(timeout, write) => result,
             },
+        };
+        match result {
+            Ok(Ok(())) => WriteEnd::Written,
+            Ok(Err(e)) => {
+                debug!(conn, error = %e, "write failed");
+                WriteEnd::Failed
+            }
+            Err(_) => {
+                debug!(conn, "write timed out");
+                WriteEnd::Failed
+            }
         }
     }
 
