@@ -58,7 +58,6 @@ struct Args {
 }
 
 struct Server {
-    name: String,
     child: Child,
     port: u16,
     _dir: Option<tempfile::TempDir>,
@@ -86,10 +85,10 @@ fn start_orapush(binary: &Path) -> Server {
         .spawn()
         .expect("start orapush");
     wait_listening(port);
-    Server { name: "orapush".into(), child, port, _dir: Some(dir) }
+    Server { child, port, _dir: Some(dir) }
 }
 
-fn start_node(name: &str, dir: &Path) -> Server {
+fn start_node(dir: &Path) -> Server {
     let port = free_port();
     let child = Command::new("node")
         .arg(dir.join("server.js"))
@@ -98,7 +97,7 @@ fn start_node(name: &str, dir: &Path) -> Server {
         .spawn()
         .expect("start node");
     wait_listening(port);
-    Server { name: name.into(), child, port, _dir: None }
+    Server { child, port, _dir: None }
 }
 
 fn wait_listening(port: u16) {
@@ -326,10 +325,10 @@ fn main() {
     runtime.block_on(async {
         let mut servers: Vec<(String, Box<dyn Fn() -> Server>)> = vec![
             ("orapush".into(), Box::new({ let b = args.orapush.clone(); move || start_orapush(&b) })),
-            ("seed-node".into(), Box::new({ let d = args.seed.clone(); move || start_node("seed-node", &d) })),
+            ("seed-node".into(), Box::new({ let d = args.seed.clone(); move || start_node(&d) })),
         ];
         if let Some(dir) = args.node_ws.clone() {
-            servers.push(("node-ws".into(), Box::new(move || start_node("node-ws", &dir))));
+            servers.push(("node-ws".into(), Box::new(move || start_node(&dir))));
         }
 
         println!("## Memory per idle connection ({} connections)\n", args.connections);

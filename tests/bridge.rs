@@ -225,8 +225,11 @@ async fn dead_letters_do_not_block() {
         .query_row("SELECT payload FROM orapush_dead_letter WHERE id = ?1", [ids[3]], |r| r.get(0))
         .unwrap();
     assert_eq!(kept.len(), 3000);
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("orapush_messages_dead_lettered_total 3"), "{metrics}");
+    let addr = server.addr;
+    wait_until("the dead-letter counter reads 3", || {
+        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_messages_dead_lettered_total 3"))
+    })
+    .await;
     server.stop().await.unwrap();
 }
 
@@ -392,5 +395,25 @@ async fn origin_allow_list() {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected 403, got {other:?}"),
     }
+    server.stop().await.unwrap();
+}
+
+/// The server pings every connection and closes (4000) a peer that answers nothing for client_timeout_ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_are_closed_after_the_timeout() {
+    let server = Server::start_with(|s| {
+        s.server.ping_interval_ms = 50;
+        s.server.client_timeout_ms = 300;
+    })
+    .await;
+    let mut silent = raw_websocket(server.addr, "/ws").await;
+    let (code, pings) = raw_read_until_close(&mut silent).await;
+    assert_eq!(code, 4000);
+    assert!(pings >= 3, "only {pings} pings before the close");
+    let addr = server.addr;
+    wait_until("the connection gauge is back to 0", || {
+        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_connections 0"))
+    })
+    .await;
     server.stop().await.unwrap();
 }

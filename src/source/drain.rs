@@ -87,10 +87,10 @@ impl Handoff {
 pub async fn dispatch(mut batches: mpsc::Receiver<Batch>, hub: Hub, metrics: Metrics, flush_wait: Duration) {
     while let Some(batch) = batches.recv().await {
         let (receipt, flushed) = Receipt::new();
+        metrics.messages_drained.inc_by(batch.messages.len() as u64);
         for message in &batch.messages {
             hub.publish(message, Some(&receipt));
         }
-        metrics.messages_drained.inc_by(batch.messages.len() as u64);
         drop(receipt);
         // A slow socket must not hold the outbox back for long; the rows are
         // in the hub already, which is the guarantee. This wait only narrows

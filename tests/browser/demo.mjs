@@ -46,3 +46,4 @@ for await (const line of commands) {
   }
 }
 await browser.close();
+process.exit(0);

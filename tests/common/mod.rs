@@ -87,6 +87,17 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// The body of a plain `GET path` (std only, usable in sync conditions).
+pub fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 /// Blocks until `/readyz` answers 200 (the source is connected, tables exist).
 pub fn wait_ready(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -252,5 +263,45 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket opened by hand on a plain TCP socket, for peers that must
+/// misbehave (never answer pings, ...). Returns the socket after the 101.
+pub async fn raw_websocket(addr: SocketAddr, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// Reads server frames from a raw socket (never answering anything) until
+/// a close frame; returns its code and how many pings came before it.
+pub async fn raw_read_until_close(stream: &mut TcpStream) -> (u16, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut pings = 0;
+    loop {
+        let mut header = [0u8; 2];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut header)).await.expect("a frame in time").unwrap();
+        let len = (header[1] & 0x7f) as usize;
+        assert!(len < 126, "small control or text frames only");
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        match header[0] & 0x0f {
+            0x9 => pings += 1,
+            0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), pings),
+            _ => {}
+        }
     }
 }
