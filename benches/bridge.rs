@@ -49,6 +49,9 @@ struct Args {
     /// Skip the idle-memory measurement.
     #[arg(long)]
     skip_idle: bool,
+    /// Skip the broadcast measurement.
+    #[arg(long)]
+    skip_broadcast: bool,
     /// Skip the latency measurement.
     #[arg(long)]
     skip_latency: bool,
@@ -343,7 +346,7 @@ fn main() {
 
         println!("\n## Broadcast: {} subscribers, {} messages of 100 bytes via POST /\n", args.subscribers, args.messages);
         let mut rates = Vec::new();
-        for (name, start) in &servers {
+        for (name, start) in servers.iter().filter(|_| !args.skip_broadcast) {
             let mut round_rates = Vec::new();
             for _ in 0..args.rounds {
                 let server = start();
@@ -357,7 +360,7 @@ fn main() {
         }
 
         println!("\n## Ratios (orapush vs baseline, same run)\n");
-        for i in 1..servers.len() {
+        for i in (1..servers.len()).filter(|_| !args.skip_broadcast) {
             if args.skip_idle {
                 println!("- vs {}: broadcast {:.2}x faster", rates[i].0, rates[0].1 / rates[i].1);
                 continue;
