@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+
+#[path = "../tests/common/handshake.rs"]
+mod handshake;
 use futures_util::StreamExt;
 use tokio::net::TcpSocket;
 use tokio::sync::Notify;
@@ -122,13 +125,18 @@ fn rss_kib(pid: u32) -> u64 {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Opens a WebSocket from 127.0.0.x (spread over 16 source addresses so
-/// ephemeral ports never run short).
-async fn open(port: u16, path: &str, i: usize) -> Ws {
+/// Connects from 127.0.0.x, spread over 16 source addresses so ephemeral
+/// ports never run short.
+async fn connect_from(port: u16, i: usize) -> tokio::net::TcpStream {
     let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(source).unwrap();
-    let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+    socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap()
+}
+
+/// Opens a WebSocket with tungstenite.
+async fn open(port: u16, path: &str, i: usize) -> Ws {
+    let stream = connect_from(port, i).await;
     let url = format!("ws://127.0.0.1:{port}{path}");
     let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     ws
@@ -138,23 +146,8 @@ async fn open(port: u16, path: &str, i: usize) -> Ws {
 /// readers then only count frames, so the client costs far less than any
 /// server under test and the figure measures the server.
 async fn open_raw(port: u16, path: &str, i: usize) -> (tokio::net::TcpStream, FrameCounter) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(source).unwrap();
-    let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut stream = connect_from(port, i).await;
+    handshake::upgrade_raw(&mut stream, &format!("127.0.0.1:{port}"), path).await;
     (stream, FrameCounter::default())
 }
 

@@ -3,6 +3,8 @@
 //! WebSocket clients.
 #![allow(dead_code)]
 
+pub mod handshake;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,20 +271,8 @@ impl Drop for Binary {
 /// A WebSocket opened by hand on a plain TCP socket, for peers that must
 /// misbehave (never answer pings, ...). Returns the socket after the 101.
 pub async fn raw_websocket(addr: SocketAddr, path: &str) -> TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    handshake::upgrade_raw(&mut stream, &addr.to_string(), path).await;
     stream
 }
 
@@ -293,7 +283,10 @@ pub async fn raw_read_until_close(stream: &mut TcpStream) -> (u16, usize) {
     let mut pings = 0;
     loop {
         let mut header = [0u8; 2];
-        tokio::time::timeout(PATIENCE, stream.read_exact(&mut header)).await.expect("a frame in time").unwrap();
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut header))
+            .await
+            .expect("a frame in time")
+            .unwrap();
         let len = (header[1] & 0x7f) as usize;
         assert!(len < 126, "small control or text frames only");
         let mut payload = vec![0u8; len];

@@ -1,0 +1,22 @@
+//! A WebSocket handshake written by hand on a plain TCP socket, for peers
+//! that must misbehave (tests) or must cost almost nothing (the bench).
+//! Shared by `tests/common` and `benches/bridge.rs`.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends the upgrade request and reads up to the end of the 101 response.
+pub async fn upgrade_raw(stream: &mut TcpStream, host: &str, path: &str) {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+}
