@@ -26,6 +26,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub source: SourceSettings,
     pub sqlite: SqliteSettings,
+    pub postgres: PostgresSettings,
     pub hub: HubSettings,
     pub legacy: LegacySettings,
     pub api: ApiSettings,
@@ -75,6 +76,7 @@ impl Default for ServerSettings {
 pub enum SourceKind {
     #[default]
     Sqlite,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +93,8 @@ pub struct SourceSettings {
     /// How long a pass waits for its frames to reach the subscribers' sockets
     /// before it deletes the rows (see `source::drain`).
     pub flush_wait_ms: u64,
+    /// How often a standby instance tries to take the outbox over.
+    pub standby_retry_ms: u64,
 }
 
 impl Default for SourceSettings {
@@ -101,14 +105,17 @@ impl Default for SourceSettings {
             batch_size: 500,
             max_backoff_ms: 30_000,
             flush_wait_ms: 200,
+            standby_retry_ms: 1000,
         }
     }
 }
 
 impl SourceSettings {
     pub fn poll_interval(&self) -> Duration {
+        // PostgreSQL wakes orapush with NOTIFY; its poll is only the fallback.
         let default_ms = match self.kind {
             SourceKind::Sqlite => 50,
+            SourceKind::Postgres => 500,
         };
         Duration::from_millis(self.poll_interval_ms.unwrap_or(default_ms))
     }
@@ -125,6 +132,35 @@ pub struct SqliteSettings {
 impl Default for SqliteSettings {
     fn default() -> Self {
         Self { path: PathBuf::from("orapush.db"), busy_timeout_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// libpq-style URL or key=value string; may hold a password, so it is a secret.
+    pub url: Secret,
+    /// Schema holding `orapush_outbox` and `orapush_dead_letter`.
+    pub schema: String,
+    /// Create the schema, tables and NOTIFY trigger at start (off for production).
+    pub create_schema: bool,
+    /// The NOTIFY channel the outbox trigger signals and orapush LISTENs on.
+    pub notify_channel: String,
+    pub connect_timeout_ms: u64,
+    /// Shown in `pg_stat_activity`; the LISTEN connection adds `-listen`.
+    pub application_name: String,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/test"),
+            schema: "public".into(),
+            create_schema: false,
+            notify_channel: "orapush_outbox".into(),
+            connect_timeout_ms: 5_000,
+            application_name: "orapush".into(),
+        }
     }
 }
 
@@ -286,8 +322,33 @@ impl Settings {
         if src.max_backoff_ms < 100 {
             return Err(ConfigError::key("source.max_backoff_ms", "must be at least 100"));
         }
+        if src.standby_retry_ms == 0 {
+            return Err(ConfigError::key("source.standby_retry_ms", "must be above 0"));
+        }
         if src.kind == SourceKind::Sqlite && self.sqlite.path.as_os_str().is_empty() {
             return Err(ConfigError::key("sqlite.path", "must not be empty"));
+        }
+        if src.kind == SourceKind::Postgres {
+            let pg = &self.postgres;
+            // The URL may carry a password: the message never repeats it.
+            pg.url.expose().parse::<postgres::Config>().map_err(|e| {
+                ConfigError::key("postgres.url", format!("is not a valid PostgreSQL connection string: {e}"))
+            })?;
+            if !is_sql_identifier(&pg.schema) {
+                return Err(ConfigError::key(
+                    "postgres.schema",
+                    "must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63)",
+                ));
+            }
+            if !is_sql_identifier(&pg.notify_channel) {
+                return Err(ConfigError::key(
+                    "postgres.notify_channel",
+                    "must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63)",
+                ));
+            }
+            if pg.connect_timeout_ms == 0 {
+                return Err(ConfigError::key("postgres.connect_timeout_ms", "must be above 0"));
+            }
         }
         if self.hub.subscriber_queue_size < 16 {
             return Err(ConfigError::key("hub.subscriber_queue_size", "must be at least 16"));
@@ -318,6 +379,14 @@ impl Settings {
     pub fn legacy_patterns(&self) -> Vec<ChannelPattern> {
         self.legacy.channels.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect()
     }
+}
+
+/// An identifier that needs no quoting: safe to put into SQL text.
+pub fn is_sql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
 }
 
 fn config_error(e: config::ConfigError) -> ConfigError {
@@ -396,6 +465,10 @@ mod tests {
         assert!(err.to_string().contains("kind"), "{err}");
     }
 
+    fn refusal(vars: &[(&str, &str)]) -> String {
+        Settings::load_from(None, env(vars), &Overrides::default()).unwrap_err().to_string()
+    }
+
     /// validate() names the key for out-of-range values.
     #[test]
     fn validate_names_keys() {
@@ -409,9 +482,28 @@ mod tests {
             ("ORAPUSH__SERVER__CLIENT_TIMEOUT_MS", "1000", "server.client_timeout_ms"),
         ];
         for (key, value, named) in cases {
-            let err = Settings::load_from(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
-            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+            let err = refusal(&[(key, value)]);
+            assert!(err.contains(named), "{key}={value}: {err}");
         }
+    }
+
+    /// PostgreSQL keys are checked when that source is chosen; the URL's password never shows.
+    #[test]
+    fn postgres_keys_are_validated() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("ORAPUSH__POSTGRES__URL", "postgres://u:hunter2@[bad", "postgres.url"),
+            ("ORAPUSH__POSTGRES__SCHEMA", "drop table;", "postgres.schema"),
+            ("ORAPUSH__POSTGRES__NOTIFY_CHANNEL", "a-b", "postgres.notify_channel"),
+        ];
+        for (key, value, named) in cases {
+            let err = refusal(&[("ORAPUSH__SOURCE__KIND", "postgres"), (key, value)]);
+            assert!(err.contains(named), "{key}={value}: {err}");
+            assert!(!err.contains("hunter2"), "the password leaked: {err}");
+        }
+        let s =
+            Settings::load_from(None, env(&[("ORAPUSH__SOURCE__KIND", "postgres")]), &Overrides::default())
+                .unwrap();
+        assert_eq!(s.source.poll_interval(), Duration::from_millis(500));
     }
 
     /// The publish key never shows in Debug output.

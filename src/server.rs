@@ -25,8 +25,9 @@ use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::source::drain::{self, DrainConfig, Handoff};
+use crate::source::postgres::PgOutbox;
 use crate::source::sqlite::SqliteOutbox;
-use crate::source::{SourceError, SourceStatus, Stopper};
+use crate::source::{OutboxStore, SourceError, SourceStatus, Stopper};
 use crate::state::AppState;
 use crate::ws::session::{SessionConfig, SessionContext};
 
@@ -137,18 +138,44 @@ fn start_source(
         max_message_bytes: settings.server.max_message_bytes,
         poll_interval: settings.source.poll_interval(),
         max_backoff: Duration::from_millis(settings.source.max_backoff_ms),
+        standby_retry: Duration::from_millis(settings.source.standby_retry_ms),
     };
-    let (done_tx, done_rx) = oneshot::channel();
+    let drainer = Drainer { handoff, config, status, metrics, stopper };
     match settings.source.kind {
         SourceKind::Sqlite => {
             let sqlite = settings.sqlite.clone();
             info!(path = %sqlite.path.display(), "SQLite outbox");
-            std::thread::Builder::new().name("orapush-source".into()).spawn(move || {
-                let connect = || SqliteOutbox::open_for_draining(&sqlite);
-                let result = drain::run_drainer(connect, handoff, config, status, metrics, stopper);
-                let _ = done_tx.send(result);
-            })?;
+            drainer.spawn(move || SqliteOutbox::open_for_draining(&sqlite))
+        }
+        SourceKind::Postgres => {
+            let pg = settings.postgres.clone();
+            info!(url = %PgOutbox::describe(&pg), schema = %pg.schema, "PostgreSQL outbox");
+            drainer.spawn(move || PgOutbox::connect(&pg))
         }
     }
-    Ok(done_rx)
+}
+
+/// What every drainer thread gets, whatever its store.
+struct Drainer {
+    handoff: Handoff,
+    config: DrainConfig,
+    status: SourceStatus,
+    metrics: Metrics,
+    stopper: Stopper,
+}
+
+impl Drainer {
+    fn spawn<S, F>(self, connect: F) -> anyhow::Result<oneshot::Receiver<Result<(), SourceError>>>
+    where
+        S: OutboxStore + 'static,
+        F: FnMut() -> Result<S, SourceError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new().name("orapush-source".into()).spawn(move || {
+            let Drainer { handoff, config, status, metrics, stopper } = self;
+            let result = drain::run_drainer(connect, handoff, config, status, metrics, stopper);
+            let _ = done_tx.send(result);
+        })?;
+        Ok(done_rx)
+    }
 }

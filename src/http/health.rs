@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::config::SourceKind;
+use crate::source::Role;
 use crate::state::AppState;
 
 /// 200 while the process runs.
@@ -15,23 +17,34 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when the source is connected and the process is not shutting down.
+/// 200 while this instance drains its source; 503 while the source is
+/// down, while another instance drains it (standby: its clients would get
+/// nothing, so a load balancer should send them to the active one), or
+/// while shutting down.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": "shutting down"})),
-        )
-            .into_response();
+        return unavailable("shutting down", "shutting down");
     }
     let status = state.source_status.snapshot();
-    if status.connected {
-        Json(json!({ "status": "ready", "source": format!("{:?}", state.settings.source.kind).to_lowercase() }))
-            .into_response()
-    } else {
-        let reason = status.last_error.unwrap_or_else(|| "source not connected".into());
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason })))
-            .into_response()
+    match status.role {
+        Role::Active => Json(json!({ "status": "ready", "role": "active", "source": source_name(&state) }))
+            .into_response(),
+        role => unavailable(role.as_str(), status.reason.as_deref().unwrap_or("source not connected yet")),
+    }
+}
+
+fn unavailable(role: &str, reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "unavailable", "role": role, "reason": reason })),
+    )
+        .into_response()
+}
+
+fn source_name(state: &AppState) -> &'static str {
+    match state.settings.source.kind {
+        SourceKind::Sqlite => "sqlite",
+        SourceKind::Postgres => "postgres",
     }
 }
 

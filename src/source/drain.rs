@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::{DeadLetter, OutboxStore, SourceError, SourceStatus, Stopper};
+use super::{DeadLetter, ErrorClass, OutboxStore, SourceError, SourceStatus, Stopper};
 use crate::hub::{Hub, Receipt};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -36,6 +36,8 @@ pub struct DrainConfig {
     pub max_message_bytes: usize,
     pub poll_interval: Duration,
     pub max_backoff: Duration,
+    /// How often a standby tries to take the outbox over.
+    pub standby_retry: Duration,
 }
 
 /// What one pass did.
@@ -184,16 +186,30 @@ where
 {
     let mut store: Option<S> = None;
     let mut backoff = Backoff::new(config.max_backoff);
+    let mut standing_by = false;
     while !stop.is_stopped() {
         let current = match store.as_mut() {
             Some(s) => s,
             None => match connect() {
                 Ok(s) => {
-                    info!("source connected");
+                    info!("source connected; this instance drains the outbox");
+                    standing_by = false;
+                    status.set_active();
                     metrics.source_active.set(1);
-                    status.set_connected();
                     metrics.source_connected.set(1);
                     store.insert(s)
+                }
+                Err(e) if e.class == ErrorClass::Standby => {
+                    if !standing_by {
+                        info!(reason = %e, "standing by");
+                        standing_by = true;
+                    }
+                    status.set_standby(&e.message);
+                    metrics.source_active.set(0);
+                    metrics.source_connected.set(1);
+                    backoff.reset();
+                    stop.sleep(config.standby_retry);
+                    continue;
                 }
                 Err(e) => {
                     fail(&e, &status, &metrics);
@@ -237,6 +253,7 @@ where
 fn fail(e: &SourceError, status: &SourceStatus, metrics: &Metrics) {
     metrics.source_errors.inc();
     metrics.source_connected.set(0);
+    metrics.source_active.set(0);
     status.set_down(&e.message);
     if e.is_fatal() {
         error!(error = %e, "source failed; stopping");

@@ -9,8 +9,14 @@
 //! | file | source kind |
 //! |---|---|
 //! | [`sqlite`] | `sqlite`: the embedded outbox, the default |
+//! | [`postgres`] | `postgres`: LISTEN/NOTIFY wake-up, advisory-lock single drainer |
+//!
+//! One active drainer per outbox: a store's `connect` takes the outbox's
+//! drain lock, or answers [`ErrorClass::Standby`]; the drainer then waits as
+//! a standby and tries again every `source.standby_retry_ms`.
 
 pub mod drain;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -62,6 +68,8 @@ pub enum ErrorClass {
     Transient,
     /// Configuration or environment is wrong; retrying cannot help. Stop.
     Fatal,
+    /// Another instance drains this outbox; wait and try to take over.
+    Standby,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,6 +85,9 @@ impl SourceError {
     }
     pub fn fatal(message: impl Into<String>) -> Self {
         Self { class: ErrorClass::Fatal, message: message.into() }
+    }
+    pub fn standby(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Standby, message: message.into() }
     }
     pub fn is_fatal(&self) -> bool {
         self.class == ErrorClass::Fatal
@@ -114,20 +125,47 @@ pub struct SourceStatus(Arc<Mutex<StatusInner>>);
 
 #[derive(Clone, Debug, Default)]
 pub struct StatusInner {
-    pub connected: bool,
-    pub last_error: Option<String>,
+    pub role: Role,
+    /// Why the source is not active, when it is not.
+    pub reason: Option<String>,
+}
+
+/// What this instance is doing with its outbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Not connected yet, or reconnecting after an error.
+    #[default]
+    Down,
+    /// Connected and draining.
+    Active,
+    /// Connected, but another instance drains the outbox.
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Down => "down",
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
 }
 
 impl SourceStatus {
-    pub fn set_connected(&self) {
+    fn set(&self, role: Role, reason: Option<&str>) {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.connected = true;
-        s.last_error = None;
+        s.role = role;
+        s.reason = reason.map(str::to_owned);
+    }
+    pub fn set_active(&self) {
+        self.set(Role::Active, None);
+    }
+    pub fn set_standby(&self, why: &str) {
+        self.set(Role::Standby, Some(why));
     }
     pub fn set_down(&self, error: &str) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.connected = false;
-        s.last_error = Some(error.to_owned());
+        self.set(Role::Down, Some(error));
     }
     pub fn snapshot(&self) -> StatusInner {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -138,5 +176,6 @@ impl SourceStatus {
 pub fn open_publisher(settings: &Settings) -> Result<Box<dyn Publisher>, SourceError> {
     match settings.source.kind {
         SourceKind::Sqlite => Ok(Box::new(sqlite::SqliteOutbox::open(&settings.sqlite)?)),
+        SourceKind::Postgres => Ok(Box::new(postgres::PgOutbox::connect_publisher(&settings.postgres)?)),
     }
 }

@@ -9,8 +9,8 @@
 //!
 //! Because the claim takes no lock, one process must own the outbox: the
 //! drainer holds an exclusive lock on `<path>.drain-lock` for as long as it
-//! runs (released by the kernel if the process dies), and a second orapush
-//! on the same file stops with a clear error.
+//! runs (released by the kernel if the process dies); a second orapush on
+//! the same file stands by and takes over when the first stops.
 //!
 //! SQLite types are dynamic, so a DBA can put a number or a BLOB in
 //! `payload`; rows are read with text conversion (lossy for invalid UTF-8)
@@ -61,9 +61,8 @@ impl SqliteOutbox {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(SourceError::fatal(format!(
-                    "another orapush is draining `sqlite.path` = {} (it holds {lock_path}); \
-                     run one orapush per SQLite file",
+                return Err(SourceError::standby(format!(
+                    "another orapush drains `sqlite.path` = {} (it holds {lock_path})",
                     settings.path.display()
                 )))
             }
@@ -253,14 +252,17 @@ mod tests {
         assert!(err.message.contains("channel"), "{err}");
     }
 
-    /// A second drainer on the same file is refused; the lock goes with the first.
+    /// A second drainer on the same file stands by; the lock goes with the first.
     #[test]
     fn one_drainer_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let settings = SqliteSettings { path: dir.path().join("o.db"), busy_timeout_ms: 1000 };
         let first = SqliteOutbox::open_for_draining(&settings).unwrap();
         let err = SqliteOutbox::open_for_draining(&settings).err().expect("second drainer refused");
-        assert!(err.is_fatal() && err.message.contains("another orapush"), "{err}");
+        assert!(
+            err.class == crate::source::ErrorClass::Standby && err.message.contains("another orapush"),
+            "{err}"
+        );
         drop(first);
         assert!(SqliteOutbox::open_for_draining(&settings).is_ok());
     }

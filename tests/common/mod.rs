@@ -47,6 +47,14 @@ impl Server {
     }
 
     pub async fn start_in(dir: TempDir, db: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let server = Self::start_unready(dir, db, tweak).await;
+        let addr = server.addr;
+        tokio::task::spawn_blocking(move || wait_ready(addr)).await.unwrap();
+        server
+    }
+
+    /// Starts without waiting for `/readyz` (for sources that are down).
+    pub async fn start_unready(dir: TempDir, db: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings::default();
         settings.sqlite.path = db.clone();
         settings.source.poll_interval_ms = Some(10);
@@ -58,7 +66,6 @@ impl Server {
         let task = tokio::spawn(orapush::run(listener, settings, async move {
             let _ = stopped.await;
         }));
-        tokio::task::spawn_blocking(move || wait_ready(addr)).await.unwrap();
         Self { addr, db, dir, stop: Some(stop), task: Some(task) }
     }
 
@@ -215,6 +222,13 @@ impl Binary {
     }
 
     pub fn spawn_on(db: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
+        let binary = Self::spawn_unready(db, listen, env);
+        wait_ready(binary.addr);
+        binary
+    }
+
+    /// Starts without waiting for `/readyz` (a standby, or a source that is down).
+    pub fn spawn_unready(db: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orapush"));
         cmd.args(["serve", "--listen", listen, "--sqlite"]).arg(db);
         cmd.env("RUST_LOG", "warn").env("ORAPUSH__SOURCE__POLL_INTERVAL_MS", "10");
@@ -231,12 +245,15 @@ impl Binary {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .parse()
             .unwrap();
-        wait_ready(addr);
         Self { child, addr }
     }
 
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: i32) {
@@ -296,5 +313,92 @@ pub async fn raw_read_until_close(stream: &mut TcpStream) -> (u16, usize) {
             0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), pings),
             _ => {}
         }
+    }
+}
+
+/// The local PostgreSQL test database; each test gets its own schema,
+/// NOTIFY channel and application name, so tests run in parallel.
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Self {
+        Self { name: format!("orapush_t_{:016x}", rand::random::<u64>()) }
+    }
+
+    /// Points a settings tree at this schema (created by orapush at start).
+    pub fn apply(&self, s: &mut Settings) {
+        s.source.kind = orapush::config::SourceKind::Postgres;
+        s.postgres.url = orapush::config::Secret::new(PG_URL);
+        s.postgres.schema = self.name.clone();
+        s.postgres.create_schema = true;
+        s.postgres.notify_channel = self.name.clone();
+        s.postgres.application_name = self.name.clone();
+        s.source.standby_retry_ms = 100;
+    }
+
+    /// The same, as environment variables for the binary.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ORAPUSH__SOURCE__KIND".into(), "postgres".into()),
+            ("ORAPUSH__POSTGRES__URL".into(), PG_URL.into()),
+            ("ORAPUSH__POSTGRES__SCHEMA".into(), self.name.clone()),
+            ("ORAPUSH__POSTGRES__CREATE_SCHEMA".into(), "true".into()),
+            ("ORAPUSH__POSTGRES__NOTIFY_CHANNEL".into(), self.name.clone()),
+            ("ORAPUSH__POSTGRES__APPLICATION_NAME".into(), self.name.clone()),
+            ("ORAPUSH__SOURCE__STANDBY_RETRY_MS".into(), "100".into()),
+        ]
+    }
+
+    /// An async client whose search_path is this schema.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup.sh starts it)");
+        tokio::spawn(connection);
+        client.batch_execute(&format!("SET search_path TO \"{}\"", self.name)).await.unwrap();
+        client
+    }
+
+    /// The advisory lock key orapush's drainer takes for this outbox.
+    pub fn lock_key(&self) -> String {
+        format!("orapush:{}.orapush_outbox", self.name)
+    }
+
+    pub async fn insert(&self, client: &tokio_postgres::Client, rows: &[(&str, &str)]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        client.batch_execute("BEGIN").await.unwrap();
+        for (channel, payload) in rows {
+            let row = client
+                .query_one(
+                    "INSERT INTO orapush_outbox(channel, payload) VALUES ($1, $2) RETURNING id",
+                    &[channel, payload],
+                )
+                .await
+                .unwrap();
+            ids.push(row.get(0));
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+        ids
+    }
+
+    pub async fn count(&self, client: &tokio_postgres::Client) -> i64 {
+        client.query_one("SELECT count(*) FROM orapush_outbox", &[]).await.unwrap().get(0)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // The sync client runs its own runtime: keep it off the test's.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(PG_URL, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
+            }
+        })
+        .join();
     }
 }

@@ -1,0 +1,368 @@
+//! The outbox contract, one suite over the `OutboxStore` interface, run
+//! against every store: SQLite (a temp file) and PostgreSQL (a fresh schema
+//! on the local server, 127.0.0.1:5432, database `test`).
+
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use orapush::config::{PostgresSettings, Secret, SqliteSettings};
+use orapush::message::Message;
+use orapush::metrics::Metrics;
+use orapush::source::drain::{drain_pass, DrainConfig, Handoff, PassOutcome};
+use orapush::source::postgres::PgOutbox;
+use orapush::source::sqlite::SqliteOutbox;
+use orapush::source::{DeadLetter, ErrorClass, OutboxStore, Publisher, SourceError};
+
+/// A database holding one outbox, as the tests see it.
+pub trait Backend: Sized {
+    type Store: OutboxStore + Publisher;
+    fn new() -> Self;
+    /// A store connected to drain (takes the single-drainer lock).
+    fn drainer(&self) -> Result<Self::Store, SourceError>;
+    /// Inserts `(channel, payload, target_user)` rows in one transaction.
+    fn insert(&self, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64>;
+    fn count(&self) -> i64;
+    /// `(id, payload, reason)` of every dead letter, by id.
+    fn dead_letters(&self) -> Vec<(i64, String, String)>;
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    settings: SqliteSettings,
+}
+
+impl Sqlite {
+    fn conn(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(&self.settings.path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+}
+
+impl Backend for Sqlite {
+    type Store = SqliteOutbox;
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SqliteSettings { path: dir.path().join("o.db"), busy_timeout_ms: 5000 };
+        SqliteOutbox::open(&settings).unwrap();
+        Self { _dir: dir, settings }
+    }
+    fn drainer(&self) -> Result<SqliteOutbox, SourceError> {
+        SqliteOutbox::open_for_draining(&self.settings)
+    }
+    fn insert(&self, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
+        let mut c = self.conn();
+        let tx = c.transaction().unwrap();
+        let ids = rows
+            .iter()
+            .map(|(ch, p, u)| {
+                tx.execute(
+                    "INSERT INTO orapush_outbox(channel, payload, target_user) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![ch, p, u],
+                )
+                .unwrap();
+                tx.last_insert_rowid()
+            })
+            .collect();
+        tx.commit().unwrap();
+        ids
+    }
+    fn count(&self) -> i64 {
+        self.conn().query_row("SELECT count(*) FROM orapush_outbox", [], |r| r.get(0)).unwrap()
+    }
+    fn dead_letters(&self) -> Vec<(i64, String, String)> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT id, payload, reason FROM orapush_dead_letter ORDER BY id").unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+}
+
+pub struct Postgres {
+    pub settings: PostgresSettings,
+}
+
+/// The test database; every test gets its own schema in it.
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Postgres {
+    pub fn client(&self) -> postgres::Client {
+        let mut c = postgres::Client::connect(PG_URL, postgres::NoTls)
+            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/setup.sh starts it)");
+        c.batch_execute(&format!("SET search_path TO \"{}\"", self.settings.schema)).unwrap();
+        c
+    }
+}
+
+impl Backend for Postgres {
+    type Store = PgOutbox;
+    fn new() -> Self {
+        let tag: u64 = rand::random();
+        let settings = PostgresSettings {
+            url: Secret::new(PG_URL),
+            schema: format!("orapush_c_{tag:016x}"),
+            create_schema: true,
+            notify_channel: format!("orapush_c_{tag:016x}"),
+            connect_timeout_ms: 5000,
+            application_name: format!("orapush_c_{tag:016x}"),
+        };
+        // Creates the schema, tables and trigger (and releases the lock).
+        drop(PgOutbox::connect(&settings).unwrap());
+        Self { settings }
+    }
+    fn drainer(&self) -> Result<PgOutbox, SourceError> {
+        PgOutbox::connect(&self.settings)
+    }
+    fn insert(&self, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
+        let mut c = self.client();
+        let mut tx = c.transaction().unwrap();
+        let ids = rows
+            .iter()
+            .map(|(ch, p, u)| {
+                tx.query_one(
+                    "INSERT INTO orapush_outbox(channel, payload, target_user) VALUES ($1, $2, $3) RETURNING id",
+                    &[ch, p, u],
+                )
+                .unwrap()
+                .get(0)
+            })
+            .collect();
+        tx.commit().unwrap();
+        ids
+    }
+    fn count(&self) -> i64 {
+        self.client().query_one("SELECT count(*) FROM orapush_outbox", &[]).unwrap().get(0)
+    }
+    fn dead_letters(&self) -> Vec<(i64, String, String)> {
+        self.client()
+            .query("SELECT id, payload, reason FROM orapush_dead_letter ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(PG_URL, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.settings.schema));
+        }
+    }
+}
+
+fn rows(n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (["a", "b"][i % 2].to_string(), format!("p{i}"))).collect()
+}
+
+fn insert_rows<B: Backend>(b: &B, rows: &[(String, String)]) -> Vec<i64> {
+    let borrowed: Vec<(&str, &str, Option<&str>)> =
+        rows.iter().map(|(c, p)| (c.as_str(), p.as_str(), None)).collect();
+    b.insert(&borrowed)
+}
+
+/// A hub stand-in: acknowledges every batch and reports its messages.
+fn fake_hub() -> (Handoff, std_mpsc::Receiver<Vec<Message>>) {
+    let (handoff, mut batches) = Handoff::channel();
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(batch) = batches.blocking_recv() {
+            let _ = tx.send(batch.messages.clone());
+            let _ = batch.ack.send(());
+        }
+    });
+    (handoff, rx)
+}
+
+fn drain_config(batch_size: usize) -> DrainConfig {
+    DrainConfig {
+        batch_size,
+        max_message_bytes: 1024,
+        poll_interval: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(1),
+        standby_retry: Duration::from_millis(100),
+    }
+}
+
+/// Claim returns rows in id order, at most `limit` of them, with their columns.
+fn claim_in_id_order<B: Backend>() {
+    let b = B::new();
+    let ids = insert_rows(&b, &rows(5));
+    b.insert(&[("c", "for-alice", Some("alice"))]);
+    let mut store = b.drainer().unwrap();
+    let claimed = store.claim(3).unwrap();
+    assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!((claimed[0].channel.as_str(), claimed[0].payload.as_str()), ("a", "p0"));
+    assert!(claimed[0].age_seconds >= 0.0 && claimed[0].age_seconds < 60.0);
+    store.abort();
+    let all = store.claim(10).unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[5].target_user.as_deref(), Some("alice"));
+    store.abort();
+}
+
+/// Complete deletes exactly the handed-over rows, nothing else.
+fn complete_deletes_exactly_what_was_handed_over<B: Backend>() {
+    let b = B::new();
+    insert_rows(&b, &rows(4));
+    let mut store = b.drainer().unwrap();
+    let claimed = store.claim(10).unwrap();
+    store.complete(&[claimed[0].id, claimed[2].id], &[]).unwrap();
+    assert_eq!(b.count(), 2);
+    let left: Vec<i64> = store.claim(10).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(left, vec![claimed[1].id, claimed[3].id]);
+    store.abort();
+}
+
+/// Giving a claim up deletes nothing.
+fn abort_keeps_every_row<B: Backend>() {
+    let b = B::new();
+    insert_rows(&b, &rows(3));
+    let mut store = b.drainer().unwrap();
+    assert_eq!(store.claim(10).unwrap().len(), 3);
+    store.abort();
+    assert_eq!(b.count(), 3);
+    drop(store);
+    assert_eq!(b.count(), 3);
+}
+
+/// A dead letter keeps its payload and reason and leaves the outbox.
+fn dead_letters_move_with_reason<B: Backend>() {
+    let b = B::new();
+    let ids = insert_rows(&b, &rows(2));
+    let mut store = b.drainer().unwrap();
+    let claimed = store.claim(10).unwrap();
+    let dead = DeadLetter { row: claimed[0].clone(), reason: "too big".into() };
+    store.complete(&[claimed[1].id], &[dead]).unwrap();
+    assert_eq!(b.count(), 0);
+    assert_eq!(b.dead_letters(), vec![(ids[0], "p0".to_string(), "too big".to_string())]);
+}
+
+/// A full pass: messages handed over in id order, poison rows dead-lettered, the outbox emptied.
+fn drain_pass_hands_over_in_order<B: Backend>() {
+    let b = B::new();
+    let big = "x".repeat(2000);
+    let ids = b.insert(&[
+        ("emp", "one", None),
+        ("bad channel", "x", None),
+        ("emp", big.as_str(), None),
+        ("emp", "{\"n\":2}", None),
+    ]);
+    let mut store = b.drainer().unwrap();
+    let (handoff, handed) = fake_hub();
+    let metrics = Metrics::new();
+    let outcome = drain_pass(&mut store, &handoff, &drain_config(10), &metrics).unwrap();
+    assert_eq!(outcome, PassOutcome::Drained { delivered: 2, dead: 2, full: false });
+    let messages = handed.recv_timeout(Duration::from_secs(5)).unwrap();
+    let got: Vec<(String, String)> =
+        messages.iter().map(|m| (m.id.clone(), m.data.get().to_string())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0].to_string(), r#"{"message":"one"}"#.to_string()),
+            (ids[3].to_string(), r#"{"n":2}"#.to_string())
+        ]
+    );
+    assert_eq!(b.count(), 0);
+    let dead: Vec<(i64, String)> = b.dead_letters().into_iter().map(|(id, _, reason)| (id, reason)).collect();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].0, ids[1]);
+    assert!(dead[0].1.contains("invalid channel"), "{dead:?}");
+    assert_eq!(dead[1].0, ids[2]);
+    assert!(dead[1].1.contains("over server.max_message_bytes"), "{dead:?}");
+    assert_eq!(drain_pass(&mut store, &handoff, &drain_config(10), &metrics).unwrap(), PassOutcome::Empty);
+}
+
+/// A pass that fills its batch says so (the drainer then skips the wait).
+fn full_batches_are_reported<B: Backend>() {
+    let b = B::new();
+    insert_rows(&b, &rows(5));
+    let mut store = b.drainer().unwrap();
+    let (handoff, _handed) = fake_hub();
+    let metrics = Metrics::new();
+    let cfg = drain_config(2);
+    let outcomes: Vec<PassOutcome> =
+        (0..4).map(|_| drain_pass(&mut store, &handoff, &cfg, &metrics).unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            PassOutcome::Drained { delivered: 2, dead: 0, full: true },
+            PassOutcome::Drained { delivered: 2, dead: 0, full: true },
+            PassOutcome::Drained { delivered: 1, dead: 0, full: false },
+            PassOutcome::Empty,
+        ]
+    );
+}
+
+/// A second drainer stands by while the first holds the outbox, and takes over once it is gone.
+fn one_drainer_at_a_time<B: Backend>() {
+    let b = B::new();
+    let first = b.drainer().unwrap();
+    let second = b.drainer().err().expect("a second drainer must stand by");
+    assert_eq!(second.class, ErrorClass::Standby, "{second}");
+    drop(first);
+    assert!(b.drainer().is_ok());
+}
+
+/// Publishing through the store writes a row that the next claim returns.
+fn publish_writes_a_claimable_row<B: Backend>() {
+    let b = B::new();
+    let mut store = b.drainer().unwrap();
+    let id = store.publish("emp", "{\"message\":\"REFRESH\"}", Some("scott")).unwrap();
+    let claimed = store.claim(10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id, claimed[0].target_user.as_deref()), (id, Some("scott")));
+    store.abort();
+    assert!(store.publish("no spaces", "x", None).is_err());
+}
+
+macro_rules! contract_suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+            /// Claim order and limit.
+            #[test]
+            fn claim_order() {
+                claim_in_id_order::<$backend>();
+            }
+            /// Only handed-over rows are deleted.
+            #[test]
+            fn complete_exact() {
+                complete_deletes_exactly_what_was_handed_over::<$backend>();
+            }
+            /// Abort deletes nothing.
+            #[test]
+            fn abort_keeps_rows() {
+                abort_keeps_every_row::<$backend>();
+            }
+            /// Dead letters keep payload and reason.
+            #[test]
+            fn dead_letters() {
+                dead_letters_move_with_reason::<$backend>();
+            }
+            /// A whole pass, poison rows included.
+            #[test]
+            fn drain_pass_order() {
+                drain_pass_hands_over_in_order::<$backend>();
+            }
+            /// Full batches are reported.
+            #[test]
+            fn full_batches() {
+                full_batches_are_reported::<$backend>();
+            }
+            /// One drainer at a time.
+            #[test]
+            fn single_drainer() {
+                one_drainer_at_a_time::<$backend>();
+            }
+            /// Publishing writes a claimable row.
+            #[test]
+            fn publish() {
+                publish_writes_a_claimable_row::<$backend>();
+            }
+        }
+    };
+}
+
+contract_suite!(sqlite, Sqlite);
+contract_suite!(postgresql, Postgres);
