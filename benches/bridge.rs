@@ -58,6 +58,15 @@ struct Args {
     /// Skip the latency measurement.
     #[arg(long)]
     skip_latency: bool,
+    /// Skip the PostgreSQL measurements.
+    #[arg(long)]
+    skip_postgres: bool,
+    /// PostgreSQL for the PostgreSQL measurements (a scratch schema is made and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
+    /// Rows in the large backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -81,17 +90,48 @@ fn free_port() -> u16 {
 }
 
 fn start_orapush(binary: &Path) -> Server {
+    start_orapush_with(binary, &[])
+}
+
+/// Starts orapush with extra environment and waits until it is ready.
+fn start_orapush_with(binary: &Path, env: &[(String, String)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(binary)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--sqlite"])
         .arg(dir.path().join("bench.db"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()
         .expect("start orapush");
     wait_listening(port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(port, "/readyz").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "orapush on {port} never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Server { child, port, _dir: Some(dir) }
+}
+
+/// A plain HTTP GET; the whole response as text ("" when it fails).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// A counter's value from orapush's `/metrics`.
+fn metric(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn start_node(dir: &Path) -> Server {
@@ -273,27 +313,51 @@ fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
-/// Insert→receive latency (ms) at `rate` rows/s through the SQLite outbox.
-async fn outbox_latency(binary: &Path, rate: u64, seconds: u64) -> (f64, f64, f64, usize) {
-    let server = start_orapush(binary);
-    let db = server._dir.as_ref().unwrap().path().join("bench.db");
+/// Inserts one payload per call into an outbox (built on the writer thread).
+type Inserter = Box<dyn FnMut(&str)>;
+
+fn sqlite_inserter(db: PathBuf) -> impl FnOnce() -> Inserter + Send + 'static {
+    move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        Box::new(move |payload: &str| {
+            conn.execute("INSERT INTO orapush_outbox(channel, payload) VALUES ('lat', ?1)", [payload])
+                .unwrap();
+        })
+    }
+}
+
+fn pg_inserter(url: String, schema: String) -> impl FnOnce() -> Inserter + Send + 'static {
+    move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let sql = format!("INSERT INTO \"{schema}\".orapush_outbox(channel, payload) VALUES ('lat', $1)");
+        Box::new(move |payload: &str| {
+            client.execute(sql.as_str(), &[&payload]).unwrap();
+        })
+    }
+}
+
+/// Insert→receive latency (ms) at `rate` rows/s, each row its own transaction.
+async fn outbox_latency(
+    server: &Server,
+    rate: u64,
+    seconds: u64,
+    inserter: impl FnOnce() -> Inserter + Send + 'static,
+) -> (f64, f64, f64, usize) {
     let mut ws = open(server.port, "/ws?channel=lat", 0).await;
     let total = (rate * seconds) as usize;
     // The first frame is the subscription confirmation.
     let _ = ws.next().await;
     let writer = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        let mut insert =
-            conn.prepare("INSERT INTO orapush_outbox(channel, payload) VALUES ('lat', ?1)").unwrap();
+        let mut insert = inserter();
         let start = Instant::now();
         for i in 0..total {
             let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            insert.execute([format!(r#"{{"t":{}}}"#, now_micros())]).unwrap();
+            insert(&format!(r#"{{"t":{}}}"#, now_micros()));
         }
     });
     let mut latencies = Vec::with_capacity(total);
@@ -313,6 +377,68 @@ async fn outbox_latency(binary: &Path, rate: u64, seconds: u64) -> (f64, f64, f6
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     (pct(0.50), pct(0.99), latencies[latencies.len() - 1], latencies.len())
+}
+
+/// A scratch schema on the benchmark's PostgreSQL, dropped afterwards.
+struct PgScratch {
+    url: String,
+    schema: String,
+}
+
+impl PgScratch {
+    fn new(url: &str) -> Self {
+        Self { url: url.into(), schema: format!("orapush_bench_{:08x}", rand::random::<u32>()) }
+    }
+
+    /// Runs SQL on a sync client, off the async runtime's threads.
+    fn run(&self, sql: String) {
+        let url = self.url.clone();
+        std::thread::spawn(move || {
+            let mut client =
+                postgres::Client::connect(&url, postgres::NoTls).expect("PostgreSQL for the bench");
+            client.batch_execute(&sql).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn env(&self, create_schema: bool) -> Vec<(String, String)> {
+        vec![
+            ("ORAPUSH__SOURCE__KIND".into(), "postgres".into()),
+            ("ORAPUSH__POSTGRES__URL".into(), self.url.clone()),
+            ("ORAPUSH__POSTGRES__SCHEMA".into(), self.schema.clone()),
+            ("ORAPUSH__POSTGRES__CREATE_SCHEMA".into(), create_schema.to_string()),
+            ("ORAPUSH__POSTGRES__NOTIFY_CHANNEL".into(), self.schema.clone()),
+        ]
+    }
+}
+
+impl Drop for PgScratch {
+    fn drop(&mut self) {
+        self.run(format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
+    }
+}
+
+/// Drains a backlog of `rows` rows: rows/s and orapush's peak RSS (KiB).
+async fn pg_backlog(binary: &Path, url: &str, rows: u64) -> (f64, u64) {
+    let scratch = PgScratch::new(url);
+    let schema = &scratch.schema;
+    scratch.run(format!(
+        "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; {}\n\
+         INSERT INTO orapush_outbox(channel, payload) \
+         SELECT 'backlog', '{{\"n\":' || g || ',\"pad\":\"' || repeat('x', 60) || '\"}}' FROM generate_series(1, {rows}) g;",
+        orapush::source::postgres::INSTALL_SQL
+    ));
+    let started = Instant::now();
+    let server = start_orapush_with(binary, &scratch.env(false));
+    let mut peak = 0;
+    while metric(server.port, "orapush_messages_drained_total") < rows as f64 {
+        peak = peak.max(rss_kib(server.child.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    peak = peak.max(rss_kib(server.child.id()));
+    (rows as f64 / elapsed.as_secs_f64(), peak)
 }
 
 fn main() {
@@ -369,10 +495,31 @@ fn main() {
         if args.skip_latency {
             return;
         }
-        let (p50, p99, max, n) = outbox_latency(&args.orapush, args.rate, args.latency_seconds).await;
+        let server = start_orapush(&args.orapush);
+        let db = server._dir.as_ref().unwrap().path().join("bench.db");
+        let (p50, p99, max, n) = outbox_latency(&server, args.rate, args.latency_seconds, sqlite_inserter(db)).await;
+        drop(server);
         println!(
             "\n## Insert→receive through the SQLite outbox at {} rows/s ({n} rows, default poll 50 ms)\n\n- p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
             args.rate
         );
+
+        if args.skip_postgres {
+            return;
+        }
+        println!("\n## Insert→receive through PostgreSQL with LISTEN/NOTIFY (each row its own transaction)\n");
+        for rate in [50, 500] {
+            let scratch = PgScratch::new(&args.pg_url);
+            let server = start_orapush_with(&args.orapush, &scratch.env(true));
+            let inserter = pg_inserter(args.pg_url.clone(), scratch.schema.clone());
+            let (p50, p99, max, n) = outbox_latency(&server, rate, args.latency_seconds, inserter).await;
+            drop(server);
+            println!("- {rate} rows/s ({n} rows): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
+        }
+        println!("\n## PostgreSQL backlog drained with no subscriber (batch 500)\n");
+        for rows in [100_000u64, args.backlog] {
+            let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, rows).await;
+            println!("- {rows} rows: {rate:.0} rows/s, peak RSS {:.1} MiB", peak as f64 / 1024.0);
+        }
     });
 }

@@ -385,3 +385,49 @@ async fn install_scripts_are_idempotent() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// orapush drains with only the grants the README lists (SELECT, UPDATE, DELETE on the outbox; SELECT, INSERT, UPDATE on the dead letters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_role_is_enough() {
+    let schema = PgSchema::new();
+    // Create the tables as the owner (through orapush), then stop it.
+    start(&schema, |_| {}).await.stop().await.unwrap();
+    let admin = schema.client().await;
+    let role = format!("{}_role", schema.name);
+    let s = &schema.name;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN;
+             GRANT USAGE ON SCHEMA \"{s}\" TO \"{role}\";
+             GRANT SELECT, UPDATE, DELETE ON \"{s}\".orapush_outbox TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE ON \"{s}\".orapush_dead_letter TO \"{role}\";"
+        ))
+        .await
+        .unwrap();
+    let server = start(&schema, |st| {
+        st.postgres.url = orapush::config::Secret::new(format!("postgres://{role}@127.0.0.1:5432/test"));
+        st.postgres.create_schema = false;
+        st.server.max_message_bytes = 1024;
+    })
+    .await;
+    let mut ws = connect(&server.ws_url("/ws?channel=emp")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let big = "x".repeat(2000);
+    let ids = schema.insert(&admin, &[("emp", "ok"), ("emp", big.as_str()), ("emp", "after")]).await;
+    assert_eq!(next_json(&mut ws).await["id"], ids[0].to_string());
+    assert_eq!(next_json(&mut ws).await["id"], ids[2].to_string());
+    let db = schema.client().await;
+    wait_until_async_count(&schema, &db).await;
+    server.stop().await.unwrap();
+    admin.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";")).await.unwrap();
+}
+
+async fn wait_until_async_count(schema: &PgSchema, db: &tokio_postgres::Client) {
+    let deadline = Instant::now() + PATIENCE;
+    while schema.count(db).await != 0 {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead: i64 = db.query_one("SELECT count(*) FROM orapush_dead_letter", &[]).await.unwrap().get(0);
+    assert_eq!(dead, 1);
+}

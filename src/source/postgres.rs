@@ -244,7 +244,8 @@ fn classify(e: &postgres::Error, settings: &PostgresSettings, what: &str) -> Sou
         ))
     } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
         SourceError::fatal(format!(
-            "{message} in {target}: orapush's user needs SELECT and DELETE on orapush_outbox and INSERT on orapush_dead_letter"
+            "{message} in {target}: orapush's user needs USAGE on the schema, SELECT, UPDATE, DELETE on \
+             orapush_outbox and SELECT, INSERT, UPDATE on orapush_dead_letter (see README, PostgreSQL)"
         ))
     } else {
         SourceError::transient(format!(
