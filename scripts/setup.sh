@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts everything the test suite needs, idempotently:
-#   - Debian packages: Chromium and ChromeDriver (the browser test), Node.js
+#   - Debian packages: Chromium and ChromeDriver (the browser test), Node.js,
+#     docker-compose (validates docker-compose.yml; no Docker engine needed)
 #   - the browser test's npm packages (tests/browser, playwright-core)
 #   - PostgreSQL on 127.0.0.1:5432 with database `test` (started if down)
 # Run as root or with sudo available. Safe to run again: it skips what is there.
@@ -15,6 +16,7 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq

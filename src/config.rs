@@ -27,6 +27,7 @@ pub struct Settings {
     pub source: SourceSettings,
     pub sqlite: SqliteSettings,
     pub postgres: PostgresSettings,
+    pub oracle: OracleSettings,
     pub hub: HubSettings,
     pub legacy: LegacySettings,
     pub api: ApiSettings,
@@ -77,6 +78,19 @@ pub enum SourceKind {
     #[default]
     Sqlite,
     Postgres,
+    OracleOutbox,
+    OracleAq,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Postgres => "postgres",
+            SourceKind::OracleOutbox => "oracle_outbox",
+            SourceKind::OracleAq => "oracle_aq",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +130,10 @@ impl SourceSettings {
         let default_ms = match self.kind {
             SourceKind::Sqlite => 50,
             SourceKind::Postgres => 500,
+            SourceKind::OracleOutbox => 200,
+            // The dequeue itself waits (oracle.aq_wait_ms); this is the pause
+            // after an empty dequeue, kept short so a stop is seen quickly.
+            SourceKind::OracleAq => 10,
         };
         Duration::from_millis(self.poll_interval_ms.unwrap_or(default_ms))
     }
@@ -160,6 +178,55 @@ impl Default for PostgresSettings {
             notify_channel: "orapush_outbox".into(),
             connect_timeout_ms: 5_000,
             application_name: "orapush".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OracleSettings {
+    /// The runtime user orapush logs in as (see sql/oracle/grants.sql).
+    pub user: String,
+    pub password: Secret,
+    /// Easy Connect (`//host:1521/SERVICE`), a TNS alias, or a descriptor.
+    pub connect_string: String,
+    /// Owner of ORAPUSH_OUTBOX, ORAPUSH_DEAD_LETTER, the ORAPUSH package and the queue.
+    pub schema: String,
+    /// The AQ queue (`oracle_aq`); qualified with `schema` unless it has a dot.
+    pub queue: String,
+    /// Subscriber name, for multi-consumer queues only.
+    pub consumer_name: Option<String>,
+    /// Upper bound of every round trip (OCI call timeout).
+    pub call_timeout_ms: u64,
+    /// How long one AQ dequeue waits for a message; below call_timeout_ms.
+    pub aq_wait_ms: u64,
+    /// Instant Client directory when it is not on the loader path.
+    pub client_lib_dir: Option<PathBuf>,
+}
+
+impl Default for OracleSettings {
+    fn default() -> Self {
+        Self {
+            user: "orapush_app".into(),
+            password: Secret::new(""),
+            connect_string: "//localhost:1521/FREEPDB1".into(),
+            schema: "ORAPUSH".into(),
+            queue: "ORAPUSH_Q".into(),
+            consumer_name: None,
+            call_timeout_ms: 10_000,
+            aq_wait_ms: 2_000,
+            client_lib_dir: None,
+        }
+    }
+}
+
+impl OracleSettings {
+    /// The queue name as AQ resolves it: `SCHEMA.QUEUE`.
+    pub fn qualified_queue(&self) -> String {
+        if self.queue.contains('.') {
+            self.queue.to_uppercase()
+        } else {
+            format!("{}.{}", self.schema, self.queue).to_uppercase()
         }
     }
 }
@@ -350,6 +417,9 @@ impl Settings {
                 return Err(ConfigError::key("postgres.connect_timeout_ms", "must be above 0"));
             }
         }
+        if matches!(src.kind, SourceKind::OracleOutbox | SourceKind::OracleAq) {
+            self.validate_oracle()?;
+        }
         if self.hub.subscriber_queue_size < 16 {
             return Err(ConfigError::key("hub.subscriber_queue_size", "must be at least 16"));
         }
@@ -365,6 +435,44 @@ impl Settings {
             if key.expose().len() < 8 {
                 return Err(ConfigError::key("api.publish_key", "must be at least 8 characters"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_oracle(&self) -> Result<(), ConfigError> {
+        let ora = &self.oracle;
+        if ora.user.trim().is_empty() {
+            return Err(ConfigError::key("oracle.user", "must be set"));
+        }
+        if ora.connect_string.trim().is_empty() {
+            return Err(ConfigError::key("oracle.connect_string", "must be set (e.g. //host:1521/FREEPDB1)"));
+        }
+        if !is_oracle_identifier(&ora.schema) {
+            return Err(ConfigError::key(
+                "oracle.schema",
+                "must be a plain identifier ([A-Za-z][A-Za-z0-9_$#]*)",
+            ));
+        }
+        let queue_ok = match ora.queue.split_once('.') {
+            Some((owner, name)) => is_oracle_identifier(owner) && is_oracle_identifier(name),
+            None => is_oracle_identifier(&ora.queue),
+        };
+        if !queue_ok {
+            return Err(ConfigError::key("oracle.queue", "must be QUEUE or OWNER.QUEUE, plain identifiers"));
+        }
+        if ora.consumer_name.as_deref().is_some_and(|c| !is_oracle_identifier(c)) {
+            return Err(ConfigError::key("oracle.consumer_name", "must be a plain identifier"));
+        }
+        if ora.call_timeout_ms < 1000 {
+            return Err(ConfigError::key("oracle.call_timeout_ms", "must be at least 1000"));
+        }
+        // AQ waits in whole seconds; the wait must end well before the call
+        // timeout, or every idle dequeue becomes a DPI-1067 error.
+        if ora.aq_wait_ms < 1000 || ora.aq_wait_ms + 1000 > ora.call_timeout_ms {
+            return Err(ConfigError::key(
+                "oracle.aq_wait_ms",
+                "must be at least 1000 and at least 1000 below oracle.call_timeout_ms",
+            ));
         }
         Ok(())
     }
@@ -387,6 +495,14 @@ pub fn is_sql_identifier(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 63
+}
+
+/// An Oracle identifier that needs no quoting (at most 128 bytes).
+pub fn is_oracle_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_$#".contains(c))
+        && name.len() <= 128
 }
 
 fn config_error(e: config::ConfigError) -> ConfigError {
@@ -504,6 +620,36 @@ mod tests {
             Settings::load_from(None, env(&[("ORAPUSH__SOURCE__KIND", "postgres")]), &Overrides::default())
                 .unwrap();
         assert_eq!(s.source.poll_interval(), Duration::from_millis(500));
+    }
+
+    /// Oracle keys are checked when an Oracle source is chosen; the password never shows.
+    #[test]
+    fn oracle_keys_are_validated() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("ORAPUSH__ORACLE__USER", " ", "oracle.user"),
+            ("ORAPUSH__ORACLE__SCHEMA", "a b", "oracle.schema"),
+            ("ORAPUSH__ORACLE__QUEUE", "A.B.C", "oracle.queue"),
+            ("ORAPUSH__ORACLE__AQ_WAIT_MS", "9500", "oracle.aq_wait_ms"),
+            ("ORAPUSH__ORACLE__CALL_TIMEOUT_MS", "500", "oracle.call_timeout_ms"),
+            ("ORAPUSH__ORACLE__CONSUMER_NAME", "x-y", "oracle.consumer_name"),
+        ];
+        for kind in ["oracle_outbox", "oracle_aq"] {
+            for (key, value, named) in cases {
+                let err = refusal(&[
+                    ("ORAPUSH__SOURCE__KIND", kind),
+                    ("ORAPUSH__ORACLE__PASSWORD", "tiger-secret"),
+                    (key, value),
+                ]);
+                assert!(err.contains(named), "{key}={value}: {err}");
+                assert!(!err.contains("tiger-secret"));
+            }
+        }
+        let vars =
+            env(&[("ORAPUSH__SOURCE__KIND", "oracle_outbox"), ("ORAPUSH__ORACLE__PASSWORD", "tiger-secret")]);
+        let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(s.source.poll_interval(), Duration::from_millis(200));
+        assert_eq!(s.oracle.qualified_queue(), "ORAPUSH.ORAPUSH_Q");
+        assert!(!format!("{s:?}").contains("tiger-secret"));
     }
 
     /// The publish key never shows in Debug output.

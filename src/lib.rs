@@ -26,6 +26,7 @@
 //! | [`metrics`] | Prometheus counters and gauges |
 //! | [`server`] | [`run`]: wires the pieces, owns the one shutdown path |
 //! | [`state`] | the cheap-clone handle the handlers share |
+//! | [`subscribe`] | `orapush subscribe`: a command-line WebSocket client |
 
 pub mod config;
 pub mod http;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod subscribe;
 pub mod ws;
 
 pub use server::run;

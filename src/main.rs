@@ -26,6 +26,24 @@ enum Command {
     Serve(ServeArgs),
     /// Write one message into the configured source and exit.
     Publish(PublishArgs),
+    /// Subscribe to channels on a running orapush and print its frames.
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    /// WebSocket URL of the orapush protocol endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Channel to subscribe to (repeatable).
+    #[arg(long = "channel", required = true)]
+    channels: Vec<String>,
+    /// Exit 0 after this many messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Exit 1 if the messages did not all come within this many milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -71,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Publish(args)) => publish(args),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Subscribe(args)) => subscribe(args),
         None => serve(cli.serve),
     };
     match result {
@@ -106,6 +125,17 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let options = orapush::subscribe::SubscribeOptions {
+        url: args.url,
+        channels: args.channels,
+        count: args.count,
+        timeout: args.timeout_ms.map(std::time::Duration::from_millis),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(orapush::subscribe::subscribe(options))
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<()> {

@@ -12,15 +12,40 @@ use serde_json::value::RawValue;
 /// Longest channel name accepted (the Oracle column is VARCHAR2(200)).
 pub const MAX_CHANNEL_LEN: usize = 200;
 
-/// A row as a source read it from its outbox.
+/// A row as a source read it from its outbox (or a message from its queue).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
+    /// The row's id (for a queue: the message's position in this batch).
     pub id: i64,
+    /// What clients see as the message `id` when it is not `id` (AQ msgid).
+    pub message_id: Option<String>,
     pub channel: String,
     pub payload: String,
     pub target_user: Option<String>,
     /// Seconds between the row's `created_at` and the moment it was claimed.
     pub age_seconds: f64,
+    /// Set by a store that could not decode the row at all (why).
+    pub defect: Option<String>,
+}
+
+impl OutboxRow {
+    /// A plain table row (tests and stores use this).
+    pub fn new(
+        id: i64,
+        channel: impl Into<String>,
+        payload: impl Into<String>,
+        target_user: Option<String>,
+    ) -> Self {
+        Self {
+            id,
+            message_id: None,
+            channel: channel.into(),
+            payload: payload.into(),
+            target_user,
+            age_seconds: 0.0,
+            defect: None,
+        }
+    }
 }
 
 /// A message ready for the hub.
@@ -39,6 +64,8 @@ pub struct Message {
 /// Why a row can never be delivered; it goes to the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Undeliverable {
+    #[error("{0}")]
+    Malformed(String),
     #[error("invalid channel: {0}")]
     Channel(ChannelError),
     #[error("payload is {size} bytes, over server.max_message_bytes ({limit})")]
@@ -64,7 +91,11 @@ impl Message {
 
     /// Builds a message from an outbox row.
     pub fn from_row(row: &OutboxRow, max_bytes: usize) -> Result<Self, Undeliverable> {
-        Self::from_payload(row.id.to_string(), &row.channel, row.target_user.clone(), &row.payload, max_bytes)
+        if let Some(defect) = &row.defect {
+            return Err(Undeliverable::Malformed(defect.clone()));
+        }
+        let id = row.message_id.clone().unwrap_or_else(|| row.id.to_string());
+        Self::from_payload(id, &row.channel, row.target_user.clone(), &row.payload, max_bytes)
     }
 }
 
@@ -178,19 +209,21 @@ mod tests {
     /// Rows become messages or say exactly why they cannot.
     #[test]
     fn rows_become_messages_or_dead_letters() {
-        let row = |channel: &str, payload: &str| OutboxRow {
-            id: 7,
-            channel: channel.into(),
-            payload: payload.into(),
-            target_user: None,
-            age_seconds: 0.0,
-        };
+        let row = |channel: &str, payload: &str| OutboxRow::new(7, channel, payload, None);
         let m = Message::from_row(&row("emp", "x"), 10).unwrap();
         assert_eq!((m.id.as_str(), m.data.get()), ("7", r#"{"message":"x"}"#));
         assert!(matches!(Message::from_row(&row("", "x"), 10), Err(Undeliverable::Channel(_))));
         assert_eq!(
             Message::from_row(&row("emp", "0123456789A"), 10).unwrap_err(),
             Undeliverable::TooLarge { size: 11, limit: 10 }
+        );
+        let mut queued = row("emp", "x");
+        queued.message_id = Some("0aff".into());
+        assert_eq!(Message::from_row(&queued, 10).unwrap().id, "0aff");
+        queued.defect = Some("not an envelope".into());
+        assert_eq!(
+            Message::from_row(&queued, 10).unwrap_err(),
+            Undeliverable::Malformed("not an envelope".into())
         );
     }
 

@@ -25,6 +25,9 @@ use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::source::drain::{self, DrainConfig, Handoff};
+use crate::source::oracle::aq::OracleAq;
+use crate::source::oracle::outbox::OracleOutbox;
+use crate::source::oracle::SessionSource;
 use crate::source::postgres::PgOutbox;
 use crate::source::sqlite::SqliteOutbox;
 use crate::source::{OutboxStore, SourceError, SourceStatus, Stopper};
@@ -151,6 +154,17 @@ fn start_source(
             let pg = settings.postgres.clone();
             info!(url = %PgOutbox::describe(&pg), schema = %pg.schema, "PostgreSQL outbox");
             drainer.spawn(move || PgOutbox::connect(&pg))
+        }
+        SourceKind::OracleOutbox => {
+            let mut sessions = SessionSource::new(&settings.oracle, "drain outbox");
+            info!(connect = %settings.oracle.connect_string, schema = %settings.oracle.schema, "Oracle outbox");
+            drainer.spawn(move || OracleOutbox::connect(&mut sessions))
+        }
+        SourceKind::OracleAq => {
+            let mut sessions = SessionSource::new(&settings.oracle, "dequeue");
+            let max_bytes = settings.server.max_message_bytes;
+            info!(connect = %settings.oracle.connect_string, queue = %settings.oracle.qualified_queue(), "Oracle AQ");
+            drainer.spawn(move || OracleAq::connect(&mut sessions, max_bytes))
         }
     }
 }

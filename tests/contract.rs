@@ -1,14 +1,25 @@
 //! The outbox contract, one suite over the `OutboxStore` interface, run
-//! against every store: SQLite (a temp file) and PostgreSQL (a fresh schema
-//! on the local server, 127.0.0.1:5432, database `test`).
+//! against every store: SQLite (a temp file), PostgreSQL (a fresh schema on
+//! the local server, 127.0.0.1:5432, database `test`) and the Oracle outbox.
+//!
+//! The Oracle tests are `#[ignore]`d: they need a database with
+//! sql/oracle/grants.sql and install.sql applied and Instant Client, which
+//! this project's machines cannot have. tests/compose/e2e.sh runs them
+//! against the compose database:
+//!   ORAPUSH_TEST_ORACLE=//host:1521/FREEPDB1 \
+//!   ORAPUSH_TEST_ORACLE_OWNER_PASSWORD=... ORAPUSH_TEST_ORACLE_APP_PASSWORD=... \
+//!   cargo test --test contract -- --ignored --test-threads=1 oracle
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use orapush::config::{PostgresSettings, Secret, SqliteSettings};
+use orapush::config::{OracleSettings, PostgresSettings, Secret, SqliteSettings};
 use orapush::message::Message;
 use orapush::metrics::Metrics;
 use orapush::source::drain::{drain_pass, DrainConfig, Handoff, PassOutcome};
+use orapush::source::oracle::aq::OracleAq;
+use orapush::source::oracle::outbox::OracleOutbox;
+use orapush::source::oracle::SessionSource;
 use orapush::source::postgres::PgOutbox;
 use orapush::source::sqlite::SqliteOutbox;
 use orapush::source::{DeadLetter, ErrorClass, OutboxStore, Publisher, SourceError};
@@ -148,6 +159,74 @@ impl Drop for Postgres {
         if let Ok(mut c) = postgres::Client::connect(PG_URL, postgres::NoTls) {
             let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.settings.schema));
         }
+    }
+}
+
+/// The Oracle outbox of tests/compose (ORAPUSH owns it, ORAPUSH_APP drains).
+pub struct Oracle {
+    settings: OracleSettings,
+    owner: oracle::Connection,
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+impl Oracle {
+    fn settings() -> OracleSettings {
+        let connect_string = std::env::var("ORAPUSH_TEST_ORACLE")
+            .expect("ORAPUSH_TEST_ORACLE names the test database (see this file's doc)");
+        OracleSettings {
+            user: "ORAPUSH_APP".into(),
+            password: Secret::new(env_or("ORAPUSH_TEST_ORACLE_APP_PASSWORD", "orapush_app")),
+            connect_string,
+            ..OracleSettings::default()
+        }
+    }
+
+    fn owner(settings: &OracleSettings) -> oracle::Connection {
+        let password = env_or("ORAPUSH_TEST_ORACLE_OWNER_PASSWORD", "orapush");
+        oracle::Connection::connect("ORAPUSH", password, &settings.connect_string).unwrap()
+    }
+}
+
+impl Backend for Oracle {
+    type Store = OracleOutbox;
+    fn new() -> Self {
+        let settings = Self::settings();
+        let owner = Self::owner(&settings);
+        owner.execute("DELETE FROM orapush_outbox", &[]).unwrap();
+        owner.execute("DELETE FROM orapush_dead_letter", &[]).unwrap();
+        owner.commit().unwrap();
+        Self { settings, owner }
+    }
+    fn drainer(&self) -> Result<OracleOutbox, SourceError> {
+        OracleOutbox::connect(&mut SessionSource::new(&self.settings, "contract test"))
+    }
+    fn insert(&self, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
+        let sql = "INSERT INTO orapush_outbox (channel, payload, target_user) VALUES (:1, :2, :3) RETURNING id INTO :4";
+        let ids = rows
+            .iter()
+            .map(|(c, p, u)| {
+                let stmt = self.owner.execute(sql, &[c, p, u, &None::<i64>]).unwrap();
+                stmt.returned_values::<_, i64>(4).unwrap()[0]
+            })
+            .collect();
+        self.owner.commit().unwrap();
+        ids
+    }
+    fn count(&self) -> i64 {
+        self.owner.query_row_as::<i64>("SELECT COUNT(*) FROM orapush_outbox", &[]).unwrap()
+    }
+    fn dead_letters(&self) -> Vec<(i64, String, String)> {
+        self.owner
+            .query_as::<(i64, String, String)>(
+                "SELECT id, payload, reason FROM orapush_dead_letter ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 }
 
@@ -311,52 +390,64 @@ fn publish_writes_a_claimable_row<B: Backend>() {
     let id = store.publish("emp", "{\"message\":\"REFRESH\"}", Some("scott")).unwrap();
     let claimed = store.claim(10).unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!((claimed[0].id, claimed[0].target_user.as_deref()), (id, Some("scott")));
+    assert_eq!((claimed[0].id.to_string(), claimed[0].target_user.as_deref()), (id, Some("scott")));
     store.abort();
     assert!(store.publish("no spaces", "x", None).is_err());
 }
 
 macro_rules! contract_suite {
     ($module:ident, $backend:ty) => {
+        contract_suite!($module, $backend, );
+    };
+    ($module:ident, $backend:ty, $(#[$extra:meta])*) => {
+        #[allow(clippy::duplicated_attributes)]
         mod $module {
             use super::*;
             /// Claim order and limit.
             #[test]
+            $(#[$extra])*
             fn claim_order() {
                 claim_in_id_order::<$backend>();
             }
             /// Only handed-over rows are deleted.
             #[test]
+            $(#[$extra])*
             fn complete_exact() {
                 complete_deletes_exactly_what_was_handed_over::<$backend>();
             }
             /// Abort deletes nothing.
             #[test]
+            $(#[$extra])*
             fn abort_keeps_rows() {
                 abort_keeps_every_row::<$backend>();
             }
             /// Dead letters keep payload and reason.
             #[test]
+            $(#[$extra])*
             fn dead_letters() {
                 dead_letters_move_with_reason::<$backend>();
             }
             /// A whole pass, poison rows included.
             #[test]
+            $(#[$extra])*
             fn drain_pass_order() {
                 drain_pass_hands_over_in_order::<$backend>();
             }
             /// Full batches are reported.
             #[test]
+            $(#[$extra])*
             fn full_batches() {
                 full_batches_are_reported::<$backend>();
             }
             /// One drainer at a time.
             #[test]
+            $(#[$extra])*
             fn single_drainer() {
                 one_drainer_at_a_time::<$backend>();
             }
             /// Publishing writes a claimable row.
             #[test]
+            $(#[$extra])*
             fn publish() {
                 publish_writes_a_claimable_row::<$backend>();
             }
@@ -366,3 +457,92 @@ macro_rules! contract_suite {
 
 contract_suite!(sqlite, Sqlite);
 contract_suite!(postgresql, Postgres);
+contract_suite!(oracle_outbox, Oracle, #[ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)"]);
+
+/// Oracle AQ: what the queue source promises beyond the table contract.
+mod oracle_aq {
+    use super::*;
+
+    fn enqueue(owner: &oracle::Connection, envelopes: &[&str]) {
+        for e in envelopes {
+            owner
+                .execute(
+                    "DECLARE o DBMS_AQ.ENQUEUE_OPTIONS_T; p DBMS_AQ.MESSAGE_PROPERTIES_T; id RAW(16); \
+                     BEGIN DBMS_AQ.ENQUEUE('ORAPUSH.ORAPUSH_Q', o, p, UTL_RAW.CAST_TO_RAW(:1), id); END;",
+                    &[e],
+                )
+                .unwrap();
+        }
+        owner.commit().unwrap();
+    }
+
+    fn drain_all(store: &mut OracleAq) -> Vec<Message> {
+        let (handoff, handed) = fake_hub();
+        let metrics = Metrics::new();
+        let cfg = drain_config(100);
+        while drain_pass(store, &handoff, &cfg, &metrics).unwrap() != PassOutcome::Empty {}
+        handed.try_iter().flatten().collect()
+    }
+
+    /// Enqueued envelopes arrive in order with their AQ message ids, and leave the queue.
+    #[test]
+    #[ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)"]
+    fn aq_dequeues_in_order_and_commits() {
+        let settings = Oracle::settings();
+        let owner = Oracle::owner(&settings);
+        let mut store = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
+        drain_all(&mut store);
+        let mut publisher = OracleAq::connect_publisher(&settings).unwrap();
+        let id = publisher.publish("emp", "{\"n\":0}", None).unwrap();
+        enqueue(
+            &owner,
+            &[
+                r#"{"channel":"emp","payload":"{\"n\":1}","user":null}"#,
+                r#"{"channel":"emp","data":{"n":2}}"#,
+            ],
+        );
+        let got = drain_all(&mut store);
+        let data: Vec<&str> = got.iter().map(|m| m.data.get()).collect();
+        assert_eq!(data, vec![r#"{"n":0}"#, r#"{"n":1}"#, r#"{"n":2}"#]);
+        assert_eq!(got[0].id, id);
+        assert!(drain_all(&mut store).is_empty());
+    }
+
+    /// A poison message goes to the exception queue; the messages around it are delivered.
+    #[test]
+    #[ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)"]
+    fn aq_poison_goes_to_the_exception_queue() {
+        let settings = Oracle::settings();
+        let owner = Oracle::owner(&settings);
+        let mut store = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
+        drain_all(&mut store);
+        let exceptions = || -> i64 {
+            owner
+                .query_row_as(
+                    "SELECT COUNT(*) FROM ORAPUSH.AQ$ORAPUSH_QT WHERE queue = 'AQ$_ORAPUSH_QT_E'",
+                    &[],
+                )
+                .unwrap()
+        };
+        let before = exceptions();
+        enqueue(
+            &owner,
+            &[r#"{"channel":"emp","payload":"a"}"#, "not an envelope", r#"{"channel":"emp","payload":"b"}"#],
+        );
+        let got = drain_all(&mut store);
+        let data: Vec<&str> = got.iter().map(|m| m.data.get()).collect();
+        assert_eq!(data, vec![r#"{"message":"a"}"#, r#"{"message":"b"}"#]);
+        assert_eq!(exceptions(), before + 1);
+    }
+
+    /// A second AQ drainer stands by.
+    #[test]
+    #[ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)"]
+    fn aq_single_drainer() {
+        let settings = Oracle::settings();
+        let first = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
+        let second = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024);
+        assert_eq!(second.err().map(|e| e.class), Some(ErrorClass::Standby));
+        drop(first);
+    }
+}

@@ -198,3 +198,59 @@ fn bad_configuration_names_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite.path"));
 }
+
+/// `orapush subscribe` prints the frames and exits 0 after --count messages, 1 on timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_command_prints_messages() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let server = Binary::spawn(&db, &[]);
+    let url = server.ws_url("/ws");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orapush"))
+        .args(["subscribe", "--url", &url, "--channel", "emp", "--count", "2", "--timeout-ms", "15000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "subscribed");
+    let ids = insert(&db, &[("emp", "one"), ("emp", "two")]);
+    let printed: Vec<Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let got: Vec<&str> = printed.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(got, vec![ids[0].to_string(), ids[1].to_string()]);
+
+    let timed_out = Command::new(env!("CARGO_BIN_EXE_orapush"))
+        .args(["subscribe", "--url", &url, "--channel", "quiet", "--count", "1", "--timeout-ms", "300"])
+        .output()
+        .unwrap();
+    assert!(!timed_out.status.success());
+    assert!(String::from_utf8_lossy(&timed_out.stderr).contains("timed out"));
+}
+
+/// With an Oracle source and no Instant Client, the binary exits non-zero within seconds with the DPI-1047 guidance.
+#[test]
+fn oracle_without_instant_client_explains_dpi_1047() {
+    for kind in ["oracle_outbox", "oracle_aq"] {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_orapush"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("ORAPUSH__SOURCE__KIND", kind)
+            .env("ORAPUSH__ORACLE__PASSWORD", "not-used")
+            .env("LD_LIBRARY_PATH", "")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{kind}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{kind} took {:?}",
+            started.elapsed()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in ["DPI-1047", "Instant Client", "LD_LIBRARY_PATH", "oracle.client_lib_dir"] {
+            assert!(stderr.contains(needle), "{kind}: {needle} missing in {stderr}");
+        }
+        assert!(!stderr.contains("not-used"), "the password leaked");
+    }
+}

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::config::SourceKind;
 use crate::source::Role;
 use crate::state::AppState;
 
@@ -42,10 +41,7 @@ fn unavailable(role: &str, reason: &str) -> Response {
 }
 
 fn source_name(state: &AppState) -> &'static str {
-    match state.settings.source.kind {
-        SourceKind::Sqlite => "sqlite",
-        SourceKind::Postgres => "postgres",
-    }
+    state.settings.source.kind.name()
 }
 
 /// Prometheus text format.

@@ -10,12 +10,15 @@
 //! |---|---|
 //! | [`sqlite`] | `sqlite`: the embedded outbox, the default |
 //! | [`postgres`] | `postgres`: LISTEN/NOTIFY wake-up, advisory-lock single drainer |
+//! | [`oracle::outbox`] | `oracle_outbox`: SKIP LOCKED cursor, DBMS_LOCK single drainer |
+//! | [`oracle::aq`] | `oracle_aq`: AQ dequeue of RAW JSON envelopes, exception queue for poison |
 //!
 //! One active drainer per outbox: a store's `connect` takes the outbox's
 //! drain lock, or answers [`ErrorClass::Standby`]; the drainer then waits as
 //! a standby and tries again every `source.standby_retry_ms`.
 
 pub mod drain;
+pub mod oracle;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,7 +30,7 @@ use crate::message::OutboxRow;
 
 /// The outbox contract. Implementations are blocking and live on the
 /// source's own thread.
-pub trait OutboxStore: Send {
+pub trait OutboxStore {
     /// Claims up to `limit` rows, lowest id first. Stores whose database
     /// can have several drainers lock the rows here (in a transaction that
     /// `complete` commits); a store with one drainer may simply read.
@@ -57,8 +60,8 @@ pub struct DeadLetter {
 
 /// Writes one message into the configured source (`orapush publish`).
 pub trait Publisher {
-    /// Returns the new row's id.
-    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<i64, SourceError>;
+    /// Returns the new message's id (a row id, or an AQ message id in hex).
+    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<String, SourceError>;
 }
 
 /// How the drainer reacts to an error.
@@ -177,5 +180,9 @@ pub fn open_publisher(settings: &Settings) -> Result<Box<dyn Publisher>, SourceE
     match settings.source.kind {
         SourceKind::Sqlite => Ok(Box::new(sqlite::SqliteOutbox::open(&settings.sqlite)?)),
         SourceKind::Postgres => Ok(Box::new(postgres::PgOutbox::connect_publisher(&settings.postgres)?)),
+        SourceKind::OracleOutbox => {
+            Ok(Box::new(oracle::outbox::OracleOutbox::connect_publisher(&settings.oracle)?))
+        }
+        SourceKind::OracleAq => Ok(Box::new(oracle::aq::OracleAq::connect_publisher(&settings.oracle)?)),
     }
 }

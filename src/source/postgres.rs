@@ -266,6 +266,8 @@ impl OutboxStore for PgOutbox {
             .iter()
             .map(|r| OutboxRow {
                 id: r.get(0),
+                message_id: None,
+                defect: None,
                 channel: r.get::<_, Option<String>>(1).unwrap_or_default(),
                 payload: r.get::<_, Option<String>>(2).unwrap_or_default(),
                 target_user: r.get(3),
@@ -343,12 +345,12 @@ impl OutboxStore for PgOutbox {
 }
 
 impl Publisher for PgOutbox {
-    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<i64, SourceError> {
+    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<String, SourceError> {
         validate_channel(channel).map_err(|e| SourceError::fatal(e.to_string()))?;
         let row = self
             .client
             .query_one(&self.sql.publish, &[&channel, &payload, &user])
             .map_err(|e| self.error(&e, "insert"))?;
-        Ok(row.get(0))
+        Ok(row.get::<_, i64>(0).to_string())
     }
 }

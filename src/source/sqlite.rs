@@ -128,6 +128,8 @@ impl OutboxStore for SqliteOutbox {
             .query_map([limit as i64], |r| {
                 Ok(OutboxRow {
                     id: r.get(0)?,
+                    message_id: None,
+                    defect: None,
                     channel: text(r.get_ref(1)?).unwrap_or_default(),
                     payload: text(r.get_ref(2)?).unwrap_or_default(),
                     target_user: text(r.get_ref(3)?),
@@ -169,7 +171,7 @@ impl OutboxStore for SqliteOutbox {
 }
 
 impl Publisher for SqliteOutbox {
-    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<i64, SourceError> {
+    fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<String, SourceError> {
         validate_channel(channel).map_err(|e| SourceError::fatal(e.to_string()))?;
         let tx = self
             .conn
@@ -182,7 +184,7 @@ impl Publisher for SqliteOutbox {
         .map_err(|e| Self::error("insert", e))?;
         let id = tx.last_insert_rowid();
         tx.commit().map_err(|e| Self::error("commit", e))?;
-        Ok(id)
+        Ok(id.to_string())
     }
 }
 
@@ -236,7 +238,7 @@ mod tests {
     fn dead_letters_move_with_reason() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = open(&dir);
-        let id = o.publish("c", "x", None).unwrap();
+        let id: i64 = o.publish("c", "x", None).unwrap().parse().unwrap();
         let rows = o.claim(10).unwrap();
         o.complete(&[], &[DeadLetter { row: rows[0].clone(), reason: "bad".into() }]).unwrap();
         assert_eq!(o.backlog().unwrap(), 0);

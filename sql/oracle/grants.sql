@@ -1,0 +1,53 @@
+-- orapush: users and grants. Run once as a DBA (SYS or SYSTEM) in the PDB
+-- that holds the application, in SQL*Plus or SQLcl:
+--
+--   sqlplus sys/...@//host:1521/FREEPDB1 as sysdba @sql/oracle/grants.sql OWNER_PASSWORD APP_PASSWORD
+--
+-- The two arguments are the passwords of the two users it creates (SQL*Plus
+-- asks for them when they are missing). Idempotent: existing users are kept
+-- and their passwords are not changed.
+-- Two users, so the service runs with least privilege:
+--   ORAPUSH      owns the outbox tables, the ORAPUSH package and the queue.
+--                It needs to log in only to run install.sql; lock it after.
+--   ORAPUSH_APP  the user orapush (the service) logs in as. It can read and
+--                delete outbox rows, dequeue, and call the ORAPUSH package:
+--                nothing more. install.sql gives it those object grants.
+-- To use other user names, edit the two DEFINE lines (and install.sql's
+-- app_user, and orapush's oracle.user / oracle.schema).
+SET DEFINE ON
+SET VERIFY OFF
+DEFINE owner_user = ORAPUSH
+DEFINE app_user = ORAPUSH_APP
+DEFINE owner_password = "&1"
+DEFINE app_password = "&2"
+
+WHENEVER SQLERROR EXIT SQL.SQLCODE
+
+DECLARE
+  PROCEDURE create_user(p_user VARCHAR2, p_password VARCHAR2) IS
+  BEGIN
+    EXECUTE IMMEDIATE 'CREATE USER ' || p_user || ' IDENTIFIED BY "' || p_password || '"';
+  EXCEPTION
+    WHEN OTHERS THEN
+      IF SQLCODE != -1920 THEN RAISE; END IF;  -- ORA-01920: the user exists already
+  END;
+BEGIN
+  create_user('&&owner_user', '&&owner_password');
+  create_user('&&app_user', '&&app_password');
+END;
+/
+
+-- The owner creates its tables, package and queue.
+GRANT CREATE SESSION, CREATE TABLE, CREATE PROCEDURE, CREATE SEQUENCE TO &&owner_user;
+ALTER USER &&owner_user QUOTA UNLIMITED ON USERS;
+-- Queue table and queue (install.sql), and PUBLISH_AQ's enqueue. Granted
+-- directly, not through a role: definer's-rights packages ignore roles.
+GRANT EXECUTE ON SYS.DBMS_AQADM TO &&owner_user;
+GRANT EXECUTE ON SYS.DBMS_AQ TO &&owner_user;
+-- ORAPUSH.TRY_LOCK_DRAINER: one active orapush per outbox or queue.
+GRANT EXECUTE ON SYS.DBMS_LOCK TO &&owner_user;
+
+-- The service user only logs in and dequeues. Dequeueing through the OCI
+-- AQ interface needs EXECUTE on DBMS_AQ besides the queue privilege.
+GRANT CREATE SESSION TO &&app_user;
+GRANT EXECUTE ON SYS.DBMS_AQ TO &&app_user;
