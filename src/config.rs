@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::message::{validate_channel, ChannelPattern};
 
 /// Keys that hold lists; from the environment they are comma-separated.
-const LIST_KEYS: &[&str] = &["server.allowed_origins", "legacy.channels"];
+const LIST_KEYS: &[&str] = &["server.allowed_origins", "legacy.channels", "auth.public_channels"];
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +29,7 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub oracle: OracleSettings,
     pub hub: HubSettings,
+    pub auth: AuthSettings,
     pub legacy: LegacySettings,
     pub api: ApiSettings,
 }
@@ -54,6 +55,20 @@ pub struct ServerSettings {
     pub read_buffer_bytes: usize,
     /// How long shutdown waits for sockets to flush and close.
     pub shutdown_timeout_ms: u64,
+    /// Open WebSocket connections at most; the next upgrade gets 503.
+    pub max_connections: usize,
+    /// Open WebSocket connections per client IP at most (behind a reverse
+    /// proxy every client has the proxy's IP: raise it there).
+    pub max_connections_per_ip: usize,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+    /// Client frames per second per connection (a burst of this many is fine).
+    pub max_frames_per_second: u32,
+    /// Time a client has to send its request headers (and finish TLS): slowloris.
+    pub handshake_timeout_ms: u64,
+    /// PEM certificate chain and key: serve HTTPS/WSS directly (both or neither).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +82,13 @@ impl Default for ServerSettings {
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
             shutdown_timeout_ms: 5_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 200,
+            max_subscriptions_per_connection: 100,
+            max_frames_per_second: 50,
+            handshake_timeout_ms: 10_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -246,6 +268,49 @@ impl Default for HubSettings {
     }
 }
 
+/// Whether WebSocket clients must present a token.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Everyone may subscribe to everything (targeted messages reach nobody).
+    #[default]
+    None,
+    /// JWTs decide who may subscribe to what (SPEC "Authentication").
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// The HS256 key: these bytes (UTF-8), exactly what APEX_JWT signs with.
+    pub hs256_secret: Option<Secret>,
+    /// A PEM public key file for RS256 (RSA) or ES256 (P-256) tokens.
+    pub public_key_pem: Option<PathBuf>,
+    /// When set, a token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` (tokens minted by the database's clock).
+    pub leeway_seconds: u64,
+    /// Channel patterns anyone may subscribe to without a token.
+    pub public_channels: Vec<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            hs256_secret: None,
+            public_key_pem: None,
+            issuer: None,
+            audience: None,
+            leeway_seconds: 30,
+            public_channels: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LegacySettings {
@@ -301,7 +366,7 @@ pub struct Overrides {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn key(key: &str, problem: impl fmt::Display) -> Self {
+    pub fn key(key: &str, problem: impl fmt::Display) -> Self {
         Self(format!("`{key}` {problem}"))
     }
 }
@@ -426,6 +491,41 @@ impl Settings {
         if self.hub.history_size > 1_000_000 {
             return Err(ConfigError::key("hub.history_size", "must be at most 1000000"));
         }
+        if s.max_connections == 0 || s.max_connections_per_ip == 0 {
+            return Err(ConfigError::key(
+                "server.max_connections",
+                "and server.max_connections_per_ip must be above 0",
+            ));
+        }
+        if s.max_subscriptions_per_connection == 0 {
+            return Err(ConfigError::key("server.max_subscriptions_per_connection", "must be above 0"));
+        }
+        if s.max_frames_per_second == 0 {
+            return Err(ConfigError::key("server.max_frames_per_second", "must be above 0"));
+        }
+        if s.handshake_timeout_ms == 0 {
+            return Err(ConfigError::key("server.handshake_timeout_ms", "must be above 0"));
+        }
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                    if !path.is_file() {
+                        return Err(ConfigError::key(
+                            name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::key(
+                    "server.tls_cert",
+                    "and server.tls_key go together: set both or neither",
+                ))
+            }
+        }
+        self.validate_auth()?;
         validate_channel(&self.legacy.publish_channel)
             .map_err(|e| ConfigError::key("legacy.publish_channel", e))?;
         for pattern in &self.legacy.channels {
@@ -434,6 +534,47 @@ impl Settings {
         if let Some(key) = &self.api.publish_key {
             if key.expose().len() < 8 {
                 return Err(ConfigError::key("api.publish_key", "must be at least 8 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        for pattern in &auth.public_channels {
+            ChannelPattern::parse(pattern).map_err(|e| ConfigError::key("auth.public_channels", e))?;
+        }
+        if auth.mode == AuthMode::None {
+            return Ok(());
+        }
+        match (&auth.hs256_secret, &auth.public_key_pem) {
+            (Some(secret), None) => {
+                if secret.expose().len() < 16 {
+                    return Err(ConfigError::key(
+                        "auth.hs256_secret",
+                        "must be at least 16 bytes (32 or more is better)",
+                    ));
+                }
+            }
+            (None, Some(path)) => {
+                if !path.is_file() {
+                    return Err(ConfigError::key(
+                        "auth.public_key_pem",
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "auth.hs256_secret",
+                    "and auth.public_key_pem exclude each other: one key decides the algorithm",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "auth.mode",
+                    "= \"jwt\" needs auth.hs256_secret or auth.public_key_pem",
+                ))
             }
         }
         Ok(())
@@ -650,6 +791,39 @@ mod tests {
         assert_eq!(s.source.poll_interval(), Duration::from_millis(200));
         assert_eq!(s.oracle.qualified_queue(), "ORAPUSH.ORAPUSH_Q");
         assert!(!format!("{s:?}").contains("tiger-secret"));
+    }
+
+    /// Auth, TLS and limit keys are validated and named.
+    #[test]
+    fn auth_and_limit_keys_are_validated() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("ORAPUSH__AUTH__MODE", "jwt")], "auth.mode"),
+            (
+                &[("ORAPUSH__AUTH__MODE", "jwt"), ("ORAPUSH__AUTH__HS256_SECRET", "short")],
+                "auth.hs256_secret",
+            ),
+            (
+                &[("ORAPUSH__AUTH__MODE", "jwt"), ("ORAPUSH__AUTH__PUBLIC_KEY_PEM", "/nonexistent.pem")],
+                "auth.public_key_pem",
+            ),
+            (&[("ORAPUSH__AUTH__MODE", "basic")], "mode"),
+            (&[("ORAPUSH__AUTH__PUBLIC_CHANNELS", "ok,bad name")], "auth.public_channels"),
+            (&[("ORAPUSH__SERVER__TLS_CERT", "/etc/hostname")], "server.tls_cert"),
+            (&[("ORAPUSH__SERVER__MAX_CONNECTIONS", "0")], "server.max_connections"),
+            (&[("ORAPUSH__SERVER__MAX_FRAMES_PER_SECOND", "0")], "server.max_frames_per_second"),
+        ];
+        for (vars, named) in cases {
+            let err = refusal(vars);
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+        let vars = env(&[
+            ("ORAPUSH__AUTH__MODE", "jwt"),
+            ("ORAPUSH__AUTH__HS256_SECRET", "0123456789abcdef0123"),
+            ("ORAPUSH__AUTH__PUBLIC_CHANNELS", "news,public.*"),
+        ]);
+        let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(s.auth.public_channels, vec!["news".to_string(), "public.*".to_string()]);
+        assert!(!format!("{s:?}").contains("0123456789abcdef0123"));
     }
 
     /// The publish key never shows in Debug output.

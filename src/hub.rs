@@ -67,6 +67,9 @@ pub struct Subscriber {
     pub kick: CancellationToken,
     /// The authenticated user, matched against a message's `target_user`.
     pub user: Option<Arc<str>>,
+    /// Legacy `/` connections only: the channels this one may receive
+    /// (`None`: every channel in `legacy.channels`).
+    pub permits: Option<Arc<[ChannelPattern]>>,
 }
 
 /// A client's position in a channel's stream.
@@ -206,7 +209,9 @@ impl Hub {
         if !legacy.is_empty() && self.inner.legacy_patterns.iter().any(|p| p.matches(&msg.channel)) {
             let bare: Utf8Bytes = msg.data.get().into();
             legacy.retain(|_, sub| {
-                if !may_receive(sub, target) {
+                let permitted =
+                    sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(&msg.channel)));
+                if !permitted || !may_receive(sub, target) {
                     return true;
                 }
                 let kept = deliver(sub, &bare, receipt, metrics);
@@ -297,6 +302,22 @@ impl Hub {
         state.legacy.remove(&conn);
     }
 
+    /// Sets the user of a connection's subscriptions (after an `auth`
+    /// frame), in place, so no message is missed in between.
+    pub fn set_user<'a>(
+        &self,
+        conn: ConnId,
+        channels: impl IntoIterator<Item = &'a str>,
+        user: Option<Arc<str>>,
+    ) {
+        let mut state = self.state();
+        for name in channels {
+            if let Some(sub) = state.channels.get_mut(name).and_then(|c| c.subscribers.get_mut(&conn)) {
+                sub.user = user.clone();
+            }
+        }
+    }
+
     /// Adds a connection of the legacy `/` endpoint.
     pub fn add_legacy(&self, sub: Subscriber) {
         self.state().legacy.insert(sub.conn, sub);
@@ -351,7 +372,10 @@ mod tests {
 
     fn subscriber(conn: ConnId, queue: usize, user: Option<&str>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(queue);
-        (Subscriber { conn, tx, kick: CancellationToken::new(), user: user.map(Arc::from) }, rx)
+        (
+            Subscriber { conn, tx, kick: CancellationToken::new(), user: user.map(Arc::from), permits: None },
+            rx,
+        )
     }
 
     fn msg(channel: &str, payload: &str) -> Message {

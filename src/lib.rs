@@ -17,20 +17,24 @@
 //!
 //! | module | concern |
 //! |---|---|
+//! | [`auth`] | token verification (JWT) and channel permissions |
 //! | [`config`] | the typed settings tree; defaults → TOML → `ORAPUSH__*` env → flags; `validate()` |
 //! | [`message`] | the row → message rule (seed JSON rule), channel names and patterns |
 //! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
 //! | [`hub`] | channel → subscribers, offsets under an epoch, history, overflow policy |
 //! | [`ws`] | upgrade and Origin check, the session loop, the protocol frames and close codes |
 //! | [`http`] | routes: health, readiness, metrics, publish, static client and demo page |
+//! | [`listener`] | the accept loop: TLS, handshake timeout, peer address, graceful stop |
 //! | [`metrics`] | Prometheus counters and gauges |
 //! | [`server`] | [`run`]: wires the pieces, owns the one shutdown path |
 //! | [`state`] | the cheap-clone handle the handlers share |
 //! | [`subscribe`] | `orapush subscribe`: a command-line WebSocket client |
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod server;

@@ -112,7 +112,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on `server.listen` = {addr}"))?;
         let bound = listener.local_addr()?;
         // Scripts and tests read this line to find the port.
-        println!("orapush listening on http://{bound}");
+        let scheme = if settings.server.tls_cert.is_some() { "https" } else { "http" };
+        println!("orapush listening on {scheme}://{bound}");
         orapush::run(listener, settings, shutdown_signal()).await
     })
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
@@ -36,6 +36,9 @@ pub struct Inner {
     pub source_active: IntGauge,
     /// 1 while the source is connected.
     pub source_connected: IntGauge,
+    /// Refusals by limit: connections, connections_per_ip, subscriptions,
+    /// frame_rate, handshake_timeout, bad_token, origin.
+    pub limits_hit: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -67,6 +70,12 @@ impl Metrics {
         let lag = Gauge::new("orapush_outbox_lag_seconds", "Age of the oldest row in the last claimed batch")
             .expect("valid metric");
         registry.register(Box::new(lag.clone())).expect("unique metric");
+        let limits_hit = IntCounterVec::new(
+            Opts::new("orapush_limits_hit_total", "Requests, connections or frames refused by a limit"),
+            &["limit"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(limits_hit.clone())).expect("unique metric");
         Self(Arc::new(Inner {
             connections: gauge("orapush_connections", "Open WebSocket connections"),
             subscriptions: gauge("orapush_subscriptions", "Channel subscriptions"),
@@ -89,8 +98,14 @@ impl Metrics {
             outbox_lag_seconds: lag,
             source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),
             source_connected: gauge("orapush_source_connected", "1 while the source is connected"),
+            limits_hit,
             registry,
         }))
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn limit_hit(&self, limit: &str) {
+        self.limits_hit.with_label_values(&[limit]).inc();
     }
 
     /// The registry in the Prometheus text exposition format.

@@ -8,19 +8,19 @@
 //! 3. the listener stops; `run` returns once all sessions are done (or the
 //!    `server.shutdown_timeout_ms` budget is spent).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Access;
 use crate::config::{Settings, SourceKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -33,6 +33,7 @@ use crate::source::sqlite::SqliteOutbox;
 use crate::source::{OutboxStore, SourceError, SourceStatus, Stopper};
 use crate::state::AppState;
 use crate::ws::session::{SessionConfig, SessionContext};
+use crate::ws::ConnectionLimits;
 
 /// Runs orapush until `shutdown` resolves (Ok) or the source fails fatally (Err).
 pub async fn run(
@@ -54,17 +55,25 @@ pub async fn run(
         start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
             .context("starting the source")?;
 
+    let access = Access::from_settings(&settings.auth).context("authentication settings")?;
+    let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let sessions_stop = CancellationToken::new();
     let server = &settings.server;
     let session = Arc::new(SessionContext {
         hub: hub.clone(),
         metrics: metrics.clone(),
+        access,
         config: Arc::new(SessionConfig {
             ping_interval: Duration::from_millis(server.ping_interval_ms),
             client_timeout: Duration::from_millis(server.client_timeout_ms),
             write_timeout: Duration::from_millis(server.write_timeout_ms),
             queue_size: settings.hub.subscriber_queue_size,
             shutdown_flush: Duration::from_millis(server.shutdown_timeout_ms),
+            max_subscriptions: server.max_subscriptions_per_connection,
+            frames_per_second: server.max_frames_per_second,
         }),
         shutdown: sessions_stop.clone(),
     });
@@ -80,17 +89,18 @@ pub async fn run(
         shutting_down: Arc::new(AtomicBool::new(false)),
         local_addr,
         next_http_id: Arc::new(AtomicU64::new(0)),
+        connections: ConnectionLimits::new(server.max_connections, server.max_connections_per_ip),
     };
     let listener_stop = CancellationToken::new();
-    // Pushes are small and latency-bound: never let Nagle hold one back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = tokio::spawn(
-        axum::serve(listener, crate::http::router(state.clone()))
-            .with_graceful_shutdown(listener_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http = tokio::spawn(crate::listener::serve(
+        listener,
+        crate::http::router(state.clone()),
+        tls,
+        Duration::from_millis(server.handshake_timeout_ms),
+        listener_stop.clone(),
+        Duration::from_millis(server.shutdown_timeout_ms),
+        state.metrics.clone(),
+    ));
     info!(addr = %local_addr, source = ?settings.source.kind, "orapush running");
 
     tokio::pin!(shutdown);
@@ -116,10 +126,9 @@ pub async fn run(
         warn!("some connections did not close in time");
     }
     match tokio::time::timeout(budget, http).await {
-        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server ended with an error"),
         Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
         Err(_) => warn!("HTTP server did not stop in time"),
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(())) => {}
     }
     dispatcher.abort();
     info!("orapush stopped");

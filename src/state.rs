@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::source::SourceStatus;
-use crate::ws::SharedContext;
+use crate::ws::{ConnectionLimits, SharedContext};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +31,8 @@ pub struct AppState {
     pub local_addr: SocketAddr,
     /// Counter for ids of messages published over HTTP.
     pub next_http_id: Arc<AtomicU64>,
+    /// Open WebSocket connections, in total and per client IP.
+    pub connections: Arc<ConnectionLimits>,
 }
 
 impl AppState {

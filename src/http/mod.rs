@@ -7,7 +7,9 @@ mod health;
 mod publish;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -35,11 +37,13 @@ pub fn router(state: AppState) -> Router {
 /// `GET /`: a WebSocket upgrade joins the legacy broadcast; a plain GET gets the demo page.
 async fn root(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
-        Ok(upgrade) => ws::upgrade(&state, upgrade, &headers, Mode::Legacy),
+        Ok(upgrade) => ws::upgrade(&state, upgrade, &headers, peer, query.as_deref(), Mode::Legacy),
         Err(_) => assets::demo_page(),
     }
 }
@@ -47,10 +51,11 @@ async fn root(
 /// `GET /ws`: the orapush protocol, with optional `?channel=` subscriptions.
 async fn ws_endpoint(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let auto_subscribe = ws::channels_from_query(query.as_deref());
-    ws::upgrade(&state, upgrade, &headers, Mode::Protocol { auto_subscribe })
+    ws::upgrade(&state, upgrade, &headers, peer, query.as_deref(), Mode::Protocol { auto_subscribe })
 }

@@ -1,17 +1,22 @@
-//! WebSocket endpoints: the upgrade (Origin check, buffer and size limits)
-//! for `/ws` (the orapush protocol) and `/` (the seed server's protocol).
-//! Each upgraded connection runs [`session::run`] under the process's task
-//! tracker, so shutdown can wait for every socket to close.
+//! WebSocket endpoints: the upgrade for `/ws` (the orapush protocol) and `/`
+//! (the seed server's protocol). Before upgrading, in this order:
+//! the Origin allow-list (403), the `?token=` (401 when it is bad), and the
+//! connection limits, total and per client IP (503). Each upgraded
+//! connection runs [`session::run`] under the process's task tracker, so
+//! shutdown can wait for every socket to close.
 
 pub mod protocol;
 pub mod session;
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 
 use crate::state::AppState;
 use session::Mode;
@@ -20,10 +25,39 @@ use session::Mode;
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Upgrades the request and runs the session.
-pub fn upgrade(state: &AppState, upgrade: WebSocketUpgrade, headers: &HeaderMap, mode: Mode) -> Response {
+pub fn upgrade(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    query: Option<&str>,
+    mode: Mode,
+) -> Response {
     if !origin_allowed(state, headers) {
+        state.metrics.limit_hit("origin");
         return (StatusCode::FORBIDDEN, "Origin not allowed (server.allowed_origins)\n").into_response();
     }
+    let identity = match token_from_query(query) {
+        Some(token) if state.session.access.enabled() => match state.session.access.verify(&token) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                state.metrics.limit_hit("bad_token");
+                let body = Json(serde_json::json!({ "error": e.to_string() }));
+                return (StatusCode::UNAUTHORIZED, body).into_response();
+            }
+        },
+        _ => None,
+    };
+    let slot = match state.connections.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            state.metrics.limit_hit(limit);
+            let body = Json(
+                serde_json::json!({ "error": format!("too many connections ({limit}); try again later") }),
+            );
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
+    };
     let settings = &state.settings.server;
     let conn = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let ctx = state.session.clone();
@@ -37,7 +71,12 @@ pub fn upgrade(state: &AppState, upgrade: WebSocketUpgrade, headers: &HeaderMap,
         .max_write_buffer_size(settings.max_message_bytes * 4 + 64 * 1024)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, conn, mode, ctx)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _slot = slot;
+                session::run(socket, conn, mode, identity, ctx).await;
+            })
+        })
 }
 
 /// False when `server.allowed_origins` is set and the Origin is not in it.
@@ -52,10 +91,92 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
 
 /// The `channel` values of a query string (`?channel=a&channel=b`).
 pub fn channels_from_query(query: Option<&str>) -> Vec<String> {
+    query_values(query, "channel").collect()
+}
+
+fn token_from_query(query: Option<&str>) -> Option<String> {
+    query_values(query, "token").next()
+}
+
+fn query_values<'a>(query: Option<&'a str>, key: &'a str) -> impl Iterator<Item = String> + 'a {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(k, _)| k == "channel")
+        .filter(move |(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
-        .collect()
 }
 
 pub type SharedContext = Arc<session::SessionContext>;
+
+/// Counts open WebSocket connections, in total and per client IP.
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open connection's place; giving it back happens on drop.
+pub struct ConnectionSlot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self { max_total, max_per_ip, open: Mutex::new((0, HashMap::new())) })
+    }
+
+    /// A slot, or the name of the limit that refused it.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max_total {
+            return Err("connections");
+        }
+        let per_ip = open.1.entry(ip).or_insert(0);
+        if *per_ip >= self.max_per_ip {
+            return Err("connections_per_ip");
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        Ok(ConnectionSlot { limits: self.clone(), ip })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots are limited in total and per IP, and come back on drop.
+    #[test]
+    fn connection_slots() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = limits.acquire(a).unwrap();
+        let _s2 = limits.acquire(a).unwrap();
+        assert_eq!(limits.acquire(a).err(), Some("connections_per_ip"));
+        let _s3 = limits.acquire(b).unwrap();
+        assert_eq!(limits.acquire(b).err(), Some("connections"));
+        drop(s1);
+        assert!(limits.acquire(a).is_ok());
+    }
+
+    /// Tokens and channels come from the query string.
+    #[test]
+    fn query_parsing() {
+        assert_eq!(channels_from_query(Some("channel=a&token=t&channel=b")), vec!["a", "b"]);
+        assert_eq!(token_from_query(Some("channel=a&token=t%2Bx")), Some("t+x".to_string()));
+        assert_eq!(token_from_query(None), None);
+    }
+}

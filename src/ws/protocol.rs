@@ -15,16 +15,33 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The connection fell behind: its queue filled up. Reconnect and recover.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// A protocol violation (unmasked frame, reserved bits, bad control frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A bad token, or too many frames per second.
+    pub const POLICY: u16 = 1008;
     /// The peer sent nothing, not even a pong, for `server.client_timeout_ms`.
     pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The connection's token expired: reconnect (or send `auth`) with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// What a client may ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Subscribe { channel: String, since: Option<Position> },
-    Unsubscribe { channel: String },
+    Subscribe {
+        channel: String,
+        since: Option<Position>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
     Ping,
+    /// Gives (or replaces) the connection's token.
+    Auth {
+        token: String,
+    },
 }
 
 /// A refused client frame; the connection stays open.
@@ -79,9 +96,13 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         }
         "unsubscribe" => Ok(ClientFrame::Unsubscribe { channel: channel()? }),
         "ping" => Ok(ClientFrame::Ping),
+        "auth" => match fields.get("token") {
+            Some(Value::String(token)) if !token.is_empty() => Ok(ClientFrame::Auth { token: token.clone() }),
+            _ => Err(ProtocolError::bad_request("\"auth\" needs a \"token\" string")),
+        },
         other => Err(ProtocolError::new(
             "unknown_op",
-            format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+            format!("unknown op {other:?}; expected subscribe, unsubscribe, ping or auth"),
         )),
     }
 }
@@ -92,6 +113,7 @@ enum ServerFrame<'a> {
     Subscribed { channel: &'a str, epoch: &'a str, offset: u64, recovered: bool },
     Unsubscribed { channel: &'a str },
     Pong,
+    Auth { sub: Option<&'a str>, exp: u64 },
     Error { code: &'a str, message: &'a str },
 }
 
@@ -109,6 +131,10 @@ pub fn unsubscribed(channel: &str) -> String {
 
 pub fn pong() -> String {
     render(&ServerFrame::Pong)
+}
+
+pub fn authenticated(sub: Option<&str>, exp: u64) -> String {
+    render(&ServerFrame::Auth { sub, exp })
 }
 
 pub fn error(e: &ProtocolError) -> String {
@@ -138,6 +164,10 @@ mod tests {
             Ok(ClientFrame::Unsubscribe { channel: "emp".into() })
         );
         assert_eq!(parse_client_frame(r#"{"op":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            parse_client_frame(r#"{"op":"auth","token":"t"}"#),
+            Ok(ClientFrame::Auth { token: "t".into() })
+        );
     }
 
     /// Each malformed frame gets the SPEC's error code.
@@ -155,6 +185,8 @@ mod tests {
             "bad_request"
         );
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), "unknown_op");
+        assert_eq!(code(r#"{"op":"auth"}"#), "bad_request");
+        assert_eq!(code(r#"{"op":"auth","token":5}"#), "bad_request");
     }
 
     /// Server frames have the SPEC's shape.
@@ -167,6 +199,7 @@ mod tests {
         );
         assert_eq!(unsubscribed("emp"), r#"{"type":"unsubscribed","channel":"emp"}"#);
         assert_eq!(pong(), r#"{"type":"pong"}"#);
+        assert_eq!(authenticated(Some("scott"), 9), r#"{"type":"auth","sub":"scott","exp":9}"#);
         assert_eq!(
             error(&ProtocolError::bad_request("x")),
             r#"{"type":"error","code":"bad_request","message":"x"}"#

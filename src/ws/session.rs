@@ -1,14 +1,20 @@
 //! One WebSocket connection from upgrade to close.
 //!
 //! A single `select!` loop over: shutdown, the hub's "too slow" cancel, the
-//! connection's queue of frames from the hub, the client's frames and a ping
-//! tick. The read half is polled in the same loop, so pongs and close
-//! replies flush; tungstenite answers pings itself.
+//! token's expiry, the connection's queue of frames from the hub, the
+//! client's frames and a ping tick. The read half is polled in the same
+//! loop, so pongs and close replies flush; tungstenite answers pings itself.
 //!
 //! Writes batch whatever is queued (up to [`WRITE_BATCH`] frames) into one
-//! flush. A write is bounded by `server.write_timeout_ms` and abandoned at
-//! once if the hub cancels the connection, so a peer that stopped reading
-//! cannot pin this task.
+//! flush. Most writes complete on their first poll; a write the socket does
+//! not take at once is bounded by `server.write_timeout_ms` and abandoned if
+//! the hub cancels the connection, so a peer that stopped reading cannot pin
+//! this task.
+//!
+//! Limits per connection: `server.max_subscriptions_per_connection`
+//! (refused with an error frame), `server.max_frames_per_second` (a token
+//! bucket; exceeding it closes with 1008), the token's `exp` (closes with
+//! 4001), and RFC 6455 violations (1002, 1007, 1009).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -25,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::protocol::{self, close, ClientFrame, ProtocolError};
+use crate::auth::{now_unix, Access, Identity};
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
 use crate::metrics::Metrics;
 
@@ -39,6 +46,8 @@ pub struct SessionConfig {
     pub write_timeout: Duration,
     pub queue_size: usize,
     pub shutdown_flush: Duration,
+    pub max_subscriptions: usize,
+    pub frames_per_second: u32,
 }
 
 /// Which endpoint the connection came in on.
@@ -54,6 +63,7 @@ pub enum Mode {
 pub struct SessionContext {
     pub hub: Hub,
     pub metrics: Metrics,
+    pub access: Access,
     pub config: Arc<SessionConfig>,
     pub shutdown: CancellationToken,
 }
@@ -64,24 +74,64 @@ enum WriteEnd {
     Kicked,
 }
 
+/// What the loop does after handling a client frame.
+enum Next {
+    Continue,
+    Close(u16, &'static str),
+    Gone,
+}
+
 struct Session {
     conn: ConnId,
     sink: SplitSink<WebSocket, WsMessage>,
     subscriber: Subscriber,
     channels: HashSet<String>,
+    identity: Option<Identity>,
     ctx: Arc<SessionContext>,
+    /// Token bucket for client frames: tokens left, and when last refilled.
+    frame_tokens: f64,
+    refilled: Instant,
 }
 
 /// Runs the connection until either side closes it.
-pub async fn run(socket: WebSocket, conn: ConnId, mode: Mode, ctx: Arc<SessionContext>) {
+pub async fn run(
+    socket: WebSocket,
+    conn: ConnId,
+    mode: Mode,
+    identity: Option<Identity>,
+    ctx: Arc<SessionContext>,
+) {
     ctx.metrics.connections.inc();
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(ctx.config.queue_size);
-    let subscriber = Subscriber { conn, tx, kick: CancellationToken::new(), user: None };
-    let mut session = Session { conn, sink, subscriber, channels: HashSet::new(), ctx: ctx.clone() };
+    let permits = match mode {
+        Mode::Legacy => ctx.access.permits(identity.as_ref()).map(Arc::from),
+        Mode::Protocol { .. } => None,
+    };
+    let user = identity.as_ref().and_then(|id| id.sub.as_deref()).map(Arc::from);
+    let subscriber = Subscriber { conn, tx, kick: CancellationToken::new(), user, permits };
+    let frame_tokens = f64::from(ctx.config.frames_per_second);
+    let mut session = Session {
+        conn,
+        sink,
+        subscriber,
+        channels: HashSet::new(),
+        identity,
+        ctx: ctx.clone(),
+        frame_tokens,
+        refilled: Instant::now(),
+    };
     session.serve(mode, stream, rx).await;
     ctx.hub.remove_connection(conn, session.channels.iter().map(String::as_str));
     ctx.metrics.connections.dec();
+}
+
+/// When a token stops being valid, as a timer deadline (far away without one).
+fn expiry_deadline(identity: Option<&Identity>) -> Instant {
+    match identity {
+        Some(id) => Instant::now() + Duration::from_secs(id.expires_at.saturating_sub(now_unix())),
+        None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+    }
 }
 
 impl Session {
@@ -97,7 +147,7 @@ impl Session {
             Mode::Protocol { auto_subscribe } => {
                 for channel in auto_subscribe {
                     let frame = ClientFrame::Subscribe { channel, since: None };
-                    if !self.answer(Ok(frame)).await {
+                    if !matches!(self.answer(Ok(frame)).await, Next::Continue) {
                         return;
                     }
                 }
@@ -111,7 +161,8 @@ impl Session {
         let kick_token = self.subscriber.kick.clone();
         let shutdown = shutdown_token.cancelled();
         let kicked = kick_token.cancelled();
-        tokio::pin!(shutdown, kicked);
+        let expiry = tokio::time::sleep_until(expiry_deadline(self.identity.as_ref()));
+        tokio::pin!(shutdown, kicked, expiry);
         let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -124,6 +175,11 @@ impl Session {
                     break Some((close::GOING_AWAY, "server shutting down"));
                 }
                 _ = &mut kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
+                _ = &mut expiry => {
+                    let e = ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
+                    let _ = self.send_now(vec![WsMessage::Text(protocol::error(&e).into())]).await;
+                    break Some((close::TOKEN_EXPIRED, "token expired"));
+                }
                 Some(first) = rx.recv() => match self.write_queued(first, &mut rx).await {
                     WriteEnd::Written => {}
                     WriteEnd::Failed => break None,
@@ -131,29 +187,34 @@ impl Session {
                 },
                 incoming = stream.next() => {
                     last_heard = Instant::now();
-                    match incoming {
+                    let message = match incoming {
                         None => break None,
-                        Some(Err(e)) => {
-                            if is_too_big(e) {
-                                break Some((close::TOO_BIG, "frame exceeds server.max_message_bytes"));
-                            }
-                            break None;
+                        Some(Err(e)) => break read_error_close(e),
+                        Some(Ok(message)) => message,
+                    };
+                    let next = match message {
+                        WsMessage::Close(_) => Next::Gone,
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => Next::Continue,
+                        _ if !self.take_frame_token() => {
+                            self.ctx.metrics.limit_hit("frame_rate");
+                            let e = ProtocolError::new("rate_limited", "more than server.max_frames_per_second frames");
+                            let _ = self.send_now(vec![WsMessage::Text(protocol::error(&e).into())]).await;
+                            Next::Close(close::POLICY, "too many frames")
                         }
-                        Some(Ok(WsMessage::Close(_))) => break None,
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                        Some(Ok(_)) if legacy => {}
-                        Some(Ok(WsMessage::Text(text))) => {
-                            if !self.answer(protocol::parse_client_frame(&text)).await {
-                                break None;
-                            }
-                        }
-                        Some(Ok(WsMessage::Binary(_))) => {
+                        _ if legacy => Next::Continue,
+                        WsMessage::Text(text) => self.answer(protocol::parse_client_frame(&text)).await,
+                        WsMessage::Binary(_) => {
                             let refusal = ProtocolError::bad_request("binary frames are not supported; send JSON text");
-                            if !self.answer(Err(refusal)).await {
-                                break None;
-                            }
+                            self.answer(Err(refusal)).await
                         }
+                    };
+                    match next {
+                        Next::Continue => {}
+                        Next::Gone => break None,
+                        Next::Close(code, reason) => break Some((code, reason)),
                     }
+                    // A new token moves the expiry.
+                    expiry.as_mut().reset(expiry_deadline(self.identity.as_ref()));
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > config.client_timeout {
@@ -173,11 +234,23 @@ impl Session {
         let _ = tokio::time::timeout(config.write_timeout, self.sink.close()).await;
     }
 
+    /// One token per client data frame; refills at `max_frames_per_second`.
+    fn take_frame_token(&mut self) -> bool {
+        let rate = f64::from(self.ctx.config.frames_per_second);
+        let now = Instant::now();
+        self.frame_tokens =
+            (self.frame_tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.frame_tokens >= 1.0 {
+            self.frame_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Writes `first` and whatever else is queued, then flushes. The
     /// receipts are released only after the flush.
-    ///
-    /// Most writes complete on their first poll; only a write the socket
-    /// does not accept at once gets the timeout and the "too slow" watch.
     async fn write_queued(&mut self, first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> WriteEnd {
         let timeout = self.ctx.config.write_timeout;
         let conn = self.conn;
@@ -232,40 +305,100 @@ impl Session {
         }
     }
 
-    /// Acts on a client frame and writes the answer; false when the socket failed.
-    async fn answer(&mut self, frame: Result<ClientFrame, ProtocolError>) -> bool {
+    fn refuse(code: &'static str, message: String) -> Vec<Utf8Bytes> {
+        vec![protocol::error(&ProtocolError::new(code, message)).into()]
+    }
+
+    /// Acts on a client frame and writes the answer.
+    async fn answer(&mut self, frame: Result<ClientFrame, ProtocolError>) -> Next {
+        let mut next = Next::Continue;
         let replies = match frame {
             Err(e) => vec![protocol::error(&e).into()],
             Ok(ClientFrame::Ping) => vec![protocol::pong().into()],
+            Ok(ClientFrame::Auth { token }) => {
+                let (replies, outcome) = self.authenticate(&token);
+                next = outcome;
+                replies
+            }
             Ok(ClientFrame::Unsubscribe { channel }) => {
                 if self.channels.remove(&channel) {
                     self.ctx.hub.unsubscribe(&channel, self.conn);
                     vec![protocol::unsubscribed(&channel).into()]
                 } else {
-                    let e = ProtocolError::new("not_subscribed", format!("not subscribed to {channel:?}"));
-                    vec![protocol::error(&e).into()]
+                    Self::refuse("not_subscribed", format!("not subscribed to {channel:?}"))
                 }
             }
-            Ok(ClientFrame::Subscribe { channel, since }) => {
-                match self.ctx.hub.subscribe(&channel, self.subscriber.clone(), since.as_ref()) {
-                    Ok(subscribed) => {
-                        let mut replies: Vec<Utf8Bytes> = Vec::with_capacity(1 + subscribed.replay.len());
-                        replies.push(protocol::subscribed(&channel, &subscribed).into());
-                        replies.extend(subscribed.replay);
-                        self.channels.insert(channel);
-                        replies
-                    }
-                    Err(AlreadySubscribed) => {
-                        let e = ProtocolError::new(
-                            "already_subscribed",
-                            format!("already subscribed to {channel:?}"),
-                        );
-                        vec![protocol::error(&e).into()]
-                    }
-                }
+            Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(channel, since),
+        };
+        if !self.send_now(replies.into_iter().map(WsMessage::Text).collect()).await {
+            return Next::Gone;
+        }
+        next
+    }
+
+    fn subscribe(&mut self, channel: String, since: Option<crate::hub::Position>) -> Vec<Utf8Bytes> {
+        if !self.ctx.access.may_subscribe(self.identity.as_ref(), &channel) {
+            return Self::refuse("forbidden", format!("not allowed to subscribe to {channel:?}"));
+        }
+        if self.channels.len() >= self.ctx.config.max_subscriptions && !self.channels.contains(&channel) {
+            self.ctx.metrics.limit_hit("subscriptions");
+            return Self::refuse(
+                "limit",
+                format!("at most {} subscriptions per connection", self.ctx.config.max_subscriptions),
+            );
+        }
+        match self.ctx.hub.subscribe(&channel, self.subscriber.clone(), since.as_ref()) {
+            Ok(subscribed) => {
+                let mut replies: Vec<Utf8Bytes> = Vec::with_capacity(1 + subscribed.replay.len());
+                replies.push(protocol::subscribed(&channel, &subscribed).into());
+                replies.extend(subscribed.replay);
+                self.channels.insert(channel);
+                replies
+            }
+            Err(AlreadySubscribed) => {
+                Self::refuse("already_subscribed", format!("already subscribed to {channel:?}"))
+            }
+        }
+    }
+
+    /// An `auth` frame: a first token, or a fresh one for the same user.
+    fn authenticate(&mut self, token: &str) -> (Vec<Utf8Bytes>, Next) {
+        let identity = match self.ctx.access.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.ctx.metrics.limit_hit("bad_token");
+                return (
+                    Self::refuse("unauthorized", e.to_string()),
+                    Next::Close(close::POLICY, "bad token"),
+                );
             }
         };
-        self.send_now(replies.into_iter().map(WsMessage::Text).collect()).await
+        if let Some(current) = &self.identity {
+            if current.sub != identity.sub {
+                let why = "a connection's user cannot change; reconnect instead".to_string();
+                return (Self::refuse("unauthorized", why), Next::Close(close::POLICY, "user changed"));
+            }
+        }
+        let mut replies = vec![protocol::authenticated(identity.sub.as_deref(), identity.expires_at).into()];
+        // Subscriptions the new token no longer allows end here.
+        let revoked: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|c| !self.ctx.access.may_subscribe(Some(&identity), c))
+            .cloned()
+            .collect();
+        for channel in revoked {
+            self.channels.remove(&channel);
+            self.ctx.hub.unsubscribe(&channel, self.conn);
+            replies.push(protocol::unsubscribed(&channel).into());
+        }
+        let user: Option<Arc<str>> = identity.sub.as_deref().map(Arc::from);
+        if self.subscriber.user != user {
+            self.subscriber.user = user.clone();
+            self.ctx.hub.set_user(self.conn, self.channels.iter().map(String::as_str), user);
+        }
+        self.identity = Some(identity);
+        (replies, Next::Continue)
     }
 
     /// Writes frames directly (ahead of the queue), bounded by the write timeout.
@@ -281,8 +414,15 @@ impl Session {
     }
 }
 
-/// True when the read failed because a frame or message was over the limit.
-fn is_too_big(e: axum::Error) -> bool {
+/// The RFC 6455 close code for a failed read, if the peer is still there.
+fn read_error_close(e: axum::Error) -> Option<(u16, &'static str)> {
     let inner = e.into_inner();
-    matches!(inner.downcast_ref::<tungstenite::Error>(), Some(tungstenite::Error::Capacity(_)))
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            Some((close::TOO_BIG, "frame exceeds server.max_message_bytes"))
+        }
+        Some(tungstenite::Error::Protocol(_)) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "text frame is not UTF-8")),
+        _ => None,
+    }
 }
