@@ -1,6 +1,7 @@
-//! The accept loop: TCP (or TLS, with `server.tls_cert`/`tls_key`), HTTP/1
-//! and HTTP/2 through hyper, WebSocket upgrades, the peer address for the
-//! per-IP limit, and a graceful stop.
+//! The accept loop: TCP (or TLS, with `server.tls_cert`/`tls_key`), HTTP/1.1
+//! through hyper (WebSockets upgrade over HTTP/1.1; the routes need nothing
+//! more), WebSocket upgrades, the peer address for the per-IP limit, and a
+//! graceful stop.
 //!
 //! A client must finish its TLS handshake and send its request headers
 //! within `server.handshake_timeout_ms`, or the connection is closed
@@ -16,17 +17,18 @@ use anyhow::Context;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::server::conn::http1::Builder;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -62,10 +64,9 @@ pub async fn serve(
     drain: Duration,
     metrics: Metrics,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let connections = TaskTracker::new();
+    let mut builder = Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,10 +84,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection =
             Connection { stream, peer, app: app.clone(), tls: tls.clone(), builder: builder.clone() };
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(why) = connection.serve(watcher, handshake_timeout).await {
+        connections.spawn(async move {
+            if let Err(why) = connection.serve(stop, handshake_timeout).await {
                 if why == "handshake_timeout" {
                     metrics.limit_hit("handshake_timeout");
                 }
@@ -95,7 +96,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         warn!("some HTTP requests were still running at shutdown");
     }
 }
@@ -106,30 +108,42 @@ struct Connection {
     peer: SocketAddr,
     app: Router,
     tls: Option<TlsAcceptor>,
-    builder: Builder<TokioExecutor>,
+    builder: Builder,
 }
 
 impl Connection {
-    async fn serve(self, watcher: Watcher, handshake_timeout: Duration) -> Result<(), &'static str> {
+    /// Serves the connection; on stop, lets the request in hand finish.
+    async fn serve(self, stop: CancellationToken, handshake_timeout: Duration) -> Result<(), &'static str> {
         let Connection { stream, peer, app, tls, builder } = self;
+        let io = match tls {
+            None => Either::Left(stream),
+            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Either::Right(stream),
+                Ok(Err(_)) => return Err("tls handshake failed"),
+                Err(_) => return Err("handshake_timeout"),
+            },
+        };
         let service = TowerToHyperService::new(app.map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request
         }));
-        match tls {
-            None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                watcher.watch(conn).await.map_err(|_| "http error")
-            }
-            Some(acceptor) => {
-                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(_)) => return Err("tls handshake failed"),
-                    Err(_) => return Err("handshake_timeout"),
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                watcher.watch(conn).await.map_err(|_| "http error")
+        let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(http_failure),
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(http_failure)
             }
         }
+    }
+}
+
+/// Names a connection's failure; hyper's header-read timeout is the slowloris limit.
+fn http_failure(e: hyper::Error) -> &'static str {
+    if e.is_timeout() {
+        "handshake_timeout"
+    } else {
+        "http error"
     }
 }

@@ -10,6 +10,11 @@
  * 20 s), resubscribes with the last epoch/offset it saw so the server replays
  * what was missed, drops duplicates by offset, and calls onReset(channel)
  * when the server could not replay everything (reload your data then).
+ *
+ * With authentication (auth.mode = "jwt"), pass getToken: a function that
+ * returns a token (or a Promise of one), e.g. from an APEX Ajax callback.
+ * The client sends it as the first frame on every connection, and again
+ * before the token's exp, so the socket is never closed for expiry.
  */
 (function (root) {
   "use strict";
@@ -29,8 +34,20 @@
     this.attempt = 0;
     this.ws = null;
     this.timer = null;
+    this.refreshTimer = null;
     this.closed = false;
     this._open();
+  }
+
+  /** The exp claim (seconds) of a JWT, or null. */
+  function tokenExpiry(token) {
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var exp = JSON.parse(root.atob(part)).exp;
+      return typeof exp === "number" ? exp : null;
+    } catch (e) {
+      return null;
+    }
   }
 
   Client.prototype._setState = function (state) {
@@ -52,13 +69,23 @@
     this.ws = ws;
     ws.onopen = function () {
       self.attempt = 0;
-      self._setState("connected");
-      Object.keys(self.subs).forEach(function (channel) { self._sendSubscribe(channel); });
+      var subscribeAll = function () {
+        if (self.ws !== ws) return;
+        self._setState("connected");
+        Object.keys(self.subs).forEach(function (channel) { self._sendSubscribe(channel); });
+      };
+      if (self.opts.getToken) {
+        // The token goes first, so the subscriptions are checked against it.
+        self._authenticate().then(subscribeAll, function () { ws.close(); });
+      } else {
+        subscribeAll();
+      }
     };
     ws.onmessage = function (event) { self._onFrame(event.data); };
     ws.onclose = function (event) {
       if (self.ws !== ws) return;
       self.ws = null;
+      clearTimeout(self.refreshTimer);
       if (self.closed) {
         self._setState("closed");
         return;
@@ -77,6 +104,23 @@
     this.attempt += 1;
     clearTimeout(this.timer);
     this.timer = setTimeout(function () { self._open(); }, delay);
+  };
+
+  /** Gets a token, sends it, and plans the next one ahead of its expiry. */
+  Client.prototype._authenticate = function () {
+    var self = this;
+    return Promise.resolve(this.opts.getToken()).then(function (token) {
+      self._send({ op: "auth", token: token });
+      var exp = tokenExpiry(token);
+      clearTimeout(self.refreshTimer);
+      if (exp !== null) {
+        // Refresh 30 s before expiry; halfway for tokens living under a minute.
+        var left = exp * 1000 - Date.now();
+        var wait = Math.max(1000, left > 60000 ? left - 30000 : left / 2);
+        self.refreshTimer = setTimeout(function () { self._authenticate(); }, wait);
+      }
+      return token;
+    });
   };
 
   Client.prototype._send = function (frame) {
@@ -183,6 +227,7 @@
   Client.prototype.close = function () {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
     else this._setState("closed");
   };

@@ -25,7 +25,7 @@ class FakeSocket {
 
 function load(t, { random = 0 } = {}) {
   FakeSocket.all = [];
-  t.mock.timers.enable({ apis: ["setTimeout"] });
+  t.mock.timers.enable({ apis: ["setTimeout"], now: Date.now() });
   const refreshed = [];
   const sandbox = {
     WebSocket: FakeSocket,
@@ -35,6 +35,9 @@ function load(t, { random = 0 } = {}) {
     console: { warn() {} },
     Math: Object.assign(Object.create(Math), { random: () => random }),
     apex: { region: (id) => ({ refresh: () => refreshed.push(id) }) },
+    atob: (b64) => Buffer.from(b64, "base64").toString("binary"),
+    Promise,
+    Date,
   };
   sandbox.window = sandbox;
   vm.runInNewContext(source, sandbox);
@@ -136,4 +139,30 @@ test("unsubscribing the last handler unsubscribes the channel", (t) => {
   sockets[0].open();
   sub.unsubscribe();
   assert.deepEqual(sockets[0].sent.at(-1), { op: "unsubscribe", channel: "emp" });
+});
+
+test("getToken: the token goes first, then the subscriptions; it is refreshed before exp", async (t) => {
+  const { orapush, sockets } = load(t);
+  const exp = Math.floor(Date.now() / 1000) + 120;
+  const payload = Buffer.from(JSON.stringify({ sub: "SCOTT", exp })).toString("base64url");
+  let calls = 0;
+  const token = () => { calls += 1; return Promise.resolve(`h.${payload}.s${calls}`); };
+  const client = orapush.connect(null, { getToken: token });
+  client.subscribe("emp", () => {});
+  sockets[0].open();
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.deepEqual(sockets[0].sent, [
+    { op: "auth", token: `h.${payload}.s1` },
+    { op: "subscribe", channel: "emp" },
+  ]);
+  // 120 s left: the refresh comes 30 s before expiry.
+  t.mock.timers.tick(89000);
+  await Promise.resolve();
+  assert.equal(calls, 1);
+  t.mock.timers.tick(2000);
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(calls, 2);
+  assert.deepEqual(sockets[0].sent.at(-1), { op: "auth", token: `h.${payload}.s2` });
 });
