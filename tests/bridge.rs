@@ -417,3 +417,18 @@ async fn silent_peers_are_closed_after_the_timeout() {
     .await;
     server.stop().await.unwrap();
 }
+
+/// Without a publish key, HTTP publishing is refused (403) unless the server listens on loopback only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_without_a_key_needs_loopback() {
+    let server = Server::start_with(|s| s.server.listen = "0.0.0.0:0".into()).await;
+    let http = reqwest::Client::new();
+    let r = http.post(server.url("/")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r =
+        http.post(server.url("/api/publish")).json(&json!({"channel":"c","data":1})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("api.publish_key"));
+    server.stop().await.unwrap();
+}

@@ -58,10 +58,12 @@ impl Server {
         let mut settings = Settings::default();
         settings.sqlite.path = db.clone();
         settings.source.poll_interval_ms = Some(10);
+        settings.server.listen = "127.0.0.1:0".into();
         tweak(&mut settings);
         settings.validate().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind(&settings.server.listen).await.unwrap();
+        // Tests always reach the server over loopback, whatever it binds.
+        let addr = SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(orapush::run(listener, settings, async move {
             let _ = stopped.await;
