@@ -101,6 +101,10 @@ fn start_orapush_with(binary: &Path, env: &[(String, String)]) -> Server {
         .args(["--listen", &format!("127.0.0.1:{port}"), "--sqlite"])
         .arg(dir.path().join("bench.db"))
         .env("RUST_LOG", "warn")
+        // 10,000 connections from 16 loopback addresses: like clients
+        // behind one proxy, far over the per-IP default of 200.
+        .env("ORAPUSH__SERVER__MAX_CONNECTIONS", "100000")
+        .env("ORAPUSH__SERVER__MAX_CONNECTIONS_PER_IP", "100000")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()

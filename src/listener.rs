@@ -20,16 +20,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1::Builder;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -115,26 +112,57 @@ impl Connection {
     /// Serves the connection; on stop, lets the request in hand finish.
     async fn serve(self, stop: CancellationToken, handshake_timeout: Duration) -> Result<(), &'static str> {
         let Connection { stream, peer, app, tls, builder } = self;
-        let io = match tls {
-            None => Either::Left(stream),
+        let service = WithPeer { app, peer };
+        // Plain and TLS streams stay separate types: an enum of both would
+        // make every plain connection as large as a TLS one.
+        match tls {
+            None => drive(&builder, stream, service, stop).await,
             Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => Either::Right(stream),
-                Ok(Err(_)) => return Err("tls handshake failed"),
-                Err(_) => return Err("handshake_timeout"),
+                Ok(Ok(stream)) => drive(&builder, stream, service, stop).await,
+                Ok(Err(_)) => Err("tls handshake failed"),
+                Err(_) => Err("handshake_timeout"),
             },
-        };
-        let service = TowerToHyperService::new(app.map_request(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        }));
-        let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result.map_err(http_failure),
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await.map_err(http_failure)
-            }
+        }
+    }
+}
+
+/// The router, with the peer address added to every request (for the
+/// per-IP limit, read through axum's `ConnectInfo`).
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let mut app = self.app.clone();
+        tower::Service::call(&mut app, request)
+    }
+}
+
+/// Runs one HTTP/1.1 connection (with upgrades) until it ends or `stop`.
+async fn drive<I>(
+    builder: &Builder,
+    io: I,
+    service: WithPeer,
+    stop: CancellationToken,
+) -> Result<(), &'static str>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result.map_err(http_failure),
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await.map_err(http_failure)
         }
     }
 }
