@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
 async fn start(schema: &PgSchema, tweak: impl FnOnce(&mut orapush::config::Settings)) -> Server {
     let dir = tempfile::tempdir().unwrap();
@@ -22,23 +20,6 @@ async fn start(schema: &PgSchema, tweak: impl FnOnce(&mut orapush::config::Setti
         tweak(s);
     })
     .await
-}
-
-/// Reads message frames until `done` holds; false if the socket ended first.
-async fn collect(ws: &mut Ws, seen: &mut Vec<i64>, mut done: impl FnMut(&[i64]) -> bool) -> bool {
-    while !done(seen) {
-        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("frames keep coming") {
-            Some(Ok(Message::Text(t))) => {
-                let f: Value = serde_json::from_str(&t).unwrap();
-                if f["type"] == "message" {
-                    seen.push(f["id"].as_str().unwrap().parse().unwrap());
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return false,
-        }
-    }
-    true
 }
 
 fn covers(seen: &[i64], want: &HashSet<i64>) -> bool {
@@ -188,7 +169,7 @@ async fn terminated_connections_lose_nothing() {
     });
     let mut seen = Vec::new();
     let reader = tokio::spawn(async move {
-        let ok = collect(&mut ws, &mut seen, |s| s.len() >= 2000).await;
+        let ok = collect_ids(&mut ws, &mut seen, |s| s.len() >= 2000).await;
         (ws, seen, ok)
     });
     let kills = killer.await.unwrap();
@@ -196,7 +177,7 @@ async fn terminated_connections_lose_nothing() {
     let want: HashSet<i64> = ids.into_iter().collect();
     let (mut ws, mut seen, ok) = reader.await.unwrap();
     assert!(ok, "the client was disconnected");
-    assert!(collect(&mut ws, &mut seen, |s| covers(s, &want)).await, "the client was disconnected");
+    assert!(collect_ids(&mut ws, &mut seen, |s| covers(s, &want)).await, "the client was disconnected");
     assert!(kills >= 4, "only {kills} backends were terminated");
     expect_pong_next(&mut ws).await;
     server.stop().await.unwrap();
@@ -230,16 +211,16 @@ async fn standby_takes_over_after_sigkill() {
     let rows: Vec<(&str, &str)> = (0..100).map(|_| ("f", "before")).collect();
     let before: HashSet<i64> = schema.insert(&db, &rows).await.into_iter().collect();
     let mut seen_first = Vec::new();
-    assert!(collect(&mut on_first, &mut seen_first, |s| covers(s, &before)).await);
+    assert!(collect_ids(&mut on_first, &mut seen_first, |s| covers(s, &before)).await);
     // Only the active instance drains: the standby's client got nothing.
     expect_pong_next(&mut on_second).await;
 
     first.signal(libc::SIGKILL);
     let rows: Vec<(&str, &str)> = (0..100).map(|_| ("f", "after")).collect();
     let after: HashSet<i64> = schema.insert(&db, &rows).await.into_iter().collect();
-    collect(&mut on_first, &mut seen_first, |_| false).await;
+    collect_ids(&mut on_first, &mut seen_first, |_| false).await;
     let mut seen_second = Vec::new();
-    assert!(collect(&mut on_second, &mut seen_second, |s| covers(s, &after)).await);
+    assert!(collect_ids(&mut on_second, &mut seen_second, |s| covers(s, &after)).await);
     wait_ready(second.addr);
     assert_eq!(schema.count(&db).await, 0);
     drop(first);
@@ -291,7 +272,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         if crash == CRASHES {
             let _ = stop_tx.send(());
             let want: HashSet<i64> = producer.await.unwrap().into_iter().collect();
-            assert!(collect(&mut ws, &mut seen, |s| covers(s, &want)).await);
+            assert!(collect_ids(&mut ws, &mut seen, |s| covers(s, &want)).await);
             let db = schema.client().await;
             assert_eq!(schema.count(&db).await, 0);
             let duplicates = seen.len() - want.len();
@@ -302,10 +283,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
             break;
         }
         let progress = seen.len() + 300;
-        assert!(collect(&mut ws, &mut seen, |s| s.len() >= progress).await);
+        assert!(collect_ids(&mut ws, &mut seen, |s| s.len() >= progress).await);
         tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 200)).await;
         server.signal(libc::SIGKILL);
-        collect(&mut ws, &mut seen, |_| false).await;
+        collect_ids(&mut ws, &mut seen, |_| false).await;
         assert!(!server.wait().await.success());
         // Blocks until PostgreSQL has noticed the dead drainer's session.
         lock.execute(take_lock, &[&schema.lock_key()]).await.unwrap();

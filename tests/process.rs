@@ -9,25 +9,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-/// Receives message frames until `done` holds or the stream ends; collects row ids.
-async fn collect_ids(ws: &mut Ws, seen: &mut Vec<i64>, mut done: impl FnMut(&[i64]) -> bool) -> bool {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    while !done(seen) {
-        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("frames keep coming") {
-            Some(Ok(Message::Text(t))) => {
-                let f: Value = serde_json::from_str(&t).unwrap();
-                if f["type"] == "message" {
-                    seen.push(f["id"].as_str().unwrap().parse().unwrap());
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return false,
-        }
-    }
-    true
-}
-
 /// Moves the outbox rows (ids kept) into a side table, to put back later.
 fn set_rows_aside(db: &std::path::Path) {
     open_db(db)

@@ -201,6 +201,24 @@ pub async fn expect_pong_next(ws: &mut Ws) {
     assert_eq!(reply, serde_json::json!({"type": "pong"}));
 }
 
+/// Collects the row ids of `message` frames until `done` holds; false if
+/// the socket ended first.
+pub async fn collect_ids(ws: &mut Ws, seen: &mut Vec<i64>, mut done: impl FnMut(&[i64]) -> bool) -> bool {
+    while !done(seen) {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("frames keep coming") {
+            Some(Ok(Message::Text(t))) => {
+                let f: Value = serde_json::from_str(&t).unwrap();
+                if f["type"] == "message" {
+                    seen.push(f["id"].as_str().unwrap().parse().unwrap());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return false,
+        }
+    }
+    true
+}
+
 /// Reads until the server closes; returns the close code (None: no close frame).
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     loop {

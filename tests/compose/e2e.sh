@@ -53,23 +53,24 @@ subscribe() {
 step "starting Oracle Free and orapush (first start of the database takes a minute or two)"
 compose up -d --build --wait
 
-step "outbox: EXEC orapush.publish reaches the page"
-subscribe orapush emp 1 "$work/outbox.out"
-sql <<'SQL'
-EXEC orapush.publish('emp', '{"message":"E2E-OUTBOX"}');
+# publish_and_expect SERVICE PROCEDURE TEXT: a subscriber on SERVICE gets
+# what EXEC orapush.PROCEDURE('emp', ...) publishes.
+publish_and_expect() {
+  out="$work/$1.out"
+  subscribe "$1" emp 1 "$out"
+  sql <<SQL
+EXEC orapush.$2('emp', '{"message":"$3"}');
 COMMIT;
 SQL
-wait $! || fail "no message on the outbox instance: $(cat "$work/outbox.out")"
-grep -q 'E2E-OUTBOX' "$work/outbox.out" || fail "wrong message: $(cat "$work/outbox.out")"
+  wait $! || fail "no message on $1: $(cat "$out")"
+  grep -q "$3" "$out" || fail "wrong message on $1: $(cat "$out")"
+}
+
+step "outbox: EXEC orapush.publish reaches the page"
+publish_and_expect orapush publish E2E-OUTBOX
 
 step "AQ: EXEC orapush.publish_aq reaches the page"
-subscribe orapush-aq emp 1 "$work/aq.out"
-sql <<'SQL'
-EXEC orapush.publish_aq('emp', '{"message":"E2E-AQ"}');
-COMMIT;
-SQL
-wait $! || fail "no message on the AQ instance: $(cat "$work/aq.out")"
-grep -q 'E2E-AQ' "$work/aq.out" || fail "wrong message: $(cat "$work/aq.out")"
+publish_and_expect orapush-aq publish_aq E2E-AQ
 
 step "crash-restart: SIGKILL orapush, publish 100 rows, restart, nothing lost"
 compose kill -s SIGKILL orapush
