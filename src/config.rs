@@ -391,18 +391,24 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let env_map: std::collections::HashMap<String, String> =
+        // ORAPUSH__SECTION__KEY variables, applied as text: the typed fields
+        // convert them, and a digits-only secret keeps every digit (the
+        // config crate's own parsing would turn it into a number and back).
+        // List keys are comma-separated.
+        let mut vars: Vec<(String, String)> =
             env.into_iter().filter(|(k, _)| k.starts_with("ORAPUSH__")).collect();
-        let mut environment = config::Environment::with_prefix("ORAPUSH")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .try_parsing(true)
-            .source(Some(env_map));
-        for key in LIST_KEYS {
-            environment = environment.with_list_parse_key(key);
+        vars.sort();
+        for (name, value) in vars {
+            let key = name["ORAPUSH__".len()..].to_lowercase().replace("__", ".");
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                builder.set_override(key, items)
+            } else {
+                builder.set_override(key, value)
+            }
+            .map_err(|e| ConfigError(format!("environment variable {name}: {e}")))?;
         }
-        builder = builder.add_source(environment);
         if let Some(listen) = &overrides.listen {
             builder = builder.set_override("server.listen", listen.as_str()).map_err(config_error)?;
         }
@@ -832,5 +838,37 @@ mod tests {
         let vars = env(&[("ORAPUSH__API__PUBLISH_KEY", "supersecretkey")]);
         let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
         assert!(!format!("{s:?}").contains("supersecretkey"));
+    }
+}
+
+#[cfg(test)]
+mod env_text {
+    use super::*;
+
+    /// Digits-only secrets from the environment keep their exact text.
+    #[test]
+    fn numeric_looking_secrets_stay_text() {
+        let vars = vec![
+            ("ORAPUSH__API__PUBLISH_KEY".to_string(), "12345678901234567890123".to_string()),
+            ("ORAPUSH__AUTH__MODE".to_string(), "jwt".to_string()),
+            ("ORAPUSH__AUTH__HS256_SECRET".to_string(), "00001234567890123456".to_string()),
+        ];
+        let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(s.api.publish_key.unwrap().expose(), "12345678901234567890123");
+        assert_eq!(s.auth.hs256_secret.unwrap().expose(), "00001234567890123456");
+    }
+
+    /// Numbers, booleans and optional numbers still come from environment text.
+    #[test]
+    fn typed_values_convert_from_text() {
+        let vars = vec![
+            ("ORAPUSH__SOURCE__KIND".to_string(), "postgres".to_string()),
+            ("ORAPUSH__POSTGRES__CREATE_SCHEMA".to_string(), "true".to_string()),
+            ("ORAPUSH__SOURCE__POLL_INTERVAL_MS".to_string(), "15".to_string()),
+            ("ORAPUSH__HUB__HISTORY_SIZE".to_string(), "12".to_string()),
+        ];
+        let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
+        assert!(s.postgres.create_schema);
+        assert_eq!((s.source.poll_interval_ms, s.hub.history_size), (Some(15), 12));
     }
 }

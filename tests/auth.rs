@@ -259,3 +259,18 @@ async fn late_auth_targets_existing_subscriptions() {
     assert_eq!(next_json(&mut ws).await["id"], ids[0].to_string());
     server.stop().await.unwrap();
 }
+
+/// Without auth, an auth frame is answered with bad_request and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_frames_without_auth_keep_the_connection() {
+    let server = Server::start().await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    send_json(&mut ws, json!({"op": "auth", "token": apex_token(claims("SCOTT", &[]))})).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["message"].as_str().map(|m| m.contains("auth.mode"))),
+        (Some("bad_request"), Some(true))
+    );
+    subscribe(&mut ws, "emp").await;
+    server.stop().await.unwrap();
+}
