@@ -203,7 +203,9 @@ async fn tls_serves_wss() {
     use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let server = Server::start_unready(tempfile::tempdir().unwrap(), "unused".into(), |s| {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let server = Server::start_unready(dir, db, |s| {
         s.server.tls_cert = Some(fixtures.join("tls_cert.pem"));
         s.server.tls_key = Some(fixtures.join("tls_key.pem"));
     })
