@@ -72,11 +72,7 @@ async fn protocol_abuse_gets_rfc6455_close_codes() {
         assert_eq!(got, code, "{what}");
     }
     assert!(rss_kib() < rss_before + 64 * 1024, "memory grew by {} KiB", rss_kib() - rss_before);
-    let addr = server.addr;
-    wait_until("every abusive connection is gone", || {
-        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_connections 0"))
-    })
-    .await;
+    wait_for_metric(server.addr, "orapush_connections 0").await;
     let mut ws = connect(&server.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
     insert(&server.db, &[("emp", "still serving")]);
@@ -104,12 +100,7 @@ async fn unfinished_handshakes_time_out() {
         .await;
         assert!(read.is_ok(), "the slow client was never cut off");
     }
-    let addr = server.addr;
-    wait_until("the timeouts are counted", || {
-        http_body(addr, "/metrics")
-            .is_some_and(|m| m.contains("orapush_limits_hit_total{limit=\"handshake_timeout\"} 2"))
-    })
-    .await;
+    wait_for_metric(server.addr, "orapush_limits_hit_total{limit=\"handshake_timeout\"} 2").await;
     server.stop().await.unwrap();
 }
 
@@ -153,11 +144,7 @@ async fn connection_limits_refuse_with_503() {
     assert!(metrics.contains("orapush_limits_hit_total{limit=\"connections\"} 1"), "{metrics}");
     assert!(metrics.contains("orapush_limits_hit_total{limit=\"connections_per_ip\"} 1"), "{metrics}");
     drop(a);
-    let addr = server.addr;
-    wait_until("a slot is free again", || {
-        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_connections 2"))
-    })
-    .await;
+    wait_for_metric(server.addr, "orapush_connections 2").await;
     connect(&server.ws_url("/ws")).await;
     server.stop().await.unwrap();
 }

@@ -225,11 +225,7 @@ async fn dead_letters_do_not_block() {
         .query_row("SELECT payload FROM orapush_dead_letter WHERE id = ?1", [ids[3]], |r| r.get(0))
         .unwrap();
     assert_eq!(kept.len(), 3000);
-    let addr = server.addr;
-    wait_until("the dead-letter counter reads 3", || {
-        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_messages_dead_lettered_total 3"))
-    })
-    .await;
+    wait_for_metric(server.addr, "orapush_messages_dead_lettered_total 3").await;
     server.stop().await.unwrap();
 }
 
@@ -410,11 +406,7 @@ async fn silent_peers_are_closed_after_the_timeout() {
     let (code, pings) = raw_read_until_close(&mut silent).await;
     assert_eq!(code, 4000);
     assert!(pings >= 3, "only {pings} pings before the close");
-    let addr = server.addr;
-    wait_until("the connection gauge is back to 0", || {
-        http_body(addr, "/metrics").is_some_and(|m| m.contains("orapush_connections 0"))
-    })
-    .await;
+    wait_for_metric(server.addr, "orapush_connections 0").await;
     server.stop().await.unwrap();
 }
 

@@ -109,6 +109,14 @@ pub fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
+/// Waits until `/metrics` contains `line` (a gauge or counter with its value).
+pub async fn wait_for_metric(addr: SocketAddr, line: &str) {
+    wait_until(&format!("/metrics shows {line:?}"), || {
+        http_body(addr, "/metrics").is_some_and(|m| m.contains(line))
+    })
+    .await;
+}
+
 /// Blocks until `/readyz` answers 200 (the source is connected, tables exist).
 pub fn wait_ready(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + PATIENCE;
