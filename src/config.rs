@@ -152,7 +152,9 @@ impl SourceSettings {
         let default_ms = match self.kind {
             SourceKind::Sqlite => 50,
             SourceKind::Postgres => 500,
-            SourceKind::OracleOutbox => 200,
+            // The outbox trigger's DBMS_ALERT wakes orapush on commit; this
+            // poll only catches what an alert could not (trigger disabled).
+            SourceKind::OracleOutbox => 5_000,
             // The dequeue itself waits (oracle.aq_wait_ms); this is the pause
             // after an empty dequeue, kept short so a stop is seen quickly.
             SourceKind::OracleAq => 10,
@@ -222,6 +224,10 @@ pub struct OracleSettings {
     pub call_timeout_ms: u64,
     /// How long one AQ dequeue waits for a message; below call_timeout_ms.
     pub aq_wait_ms: u64,
+    /// How long one server-side wait lasts: the outbox's wake-up wait
+    /// (DBMS_ALERT) and a standby's wait for the drain lock (DBMS_LOCK).
+    /// Whole seconds, below call_timeout_ms; a stop waits at most this long.
+    pub wait_ms: u64,
     /// Instant Client directory when it is not on the loader path.
     pub client_lib_dir: Option<PathBuf>,
 }
@@ -237,6 +243,7 @@ impl Default for OracleSettings {
             consumer_name: None,
             call_timeout_ms: 10_000,
             aq_wait_ms: 2_000,
+            wait_ms: 2_000,
             client_lib_dir: None,
         }
     }
@@ -591,6 +598,13 @@ impl Settings {
         if ora.user.trim().is_empty() {
             return Err(ConfigError::key("oracle.user", "must be set"));
         }
+        // An empty password is ORA-01005 at every logon; say so before trying.
+        if ora.password.expose().is_empty() {
+            return Err(ConfigError::key(
+                "oracle.password",
+                "must be set (in the config file or ORAPUSH__ORACLE__PASSWORD)",
+            ));
+        }
         if ora.connect_string.trim().is_empty() {
             return Err(ConfigError::key("oracle.connect_string", "must be set (e.g. //host:1521/FREEPDB1)"));
         }
@@ -615,11 +629,13 @@ impl Settings {
         }
         // AQ waits in whole seconds; the wait must end well before the call
         // timeout, or every idle dequeue becomes a DPI-1067 error.
-        if ora.aq_wait_ms < 1000 || ora.aq_wait_ms + 1000 > ora.call_timeout_ms {
-            return Err(ConfigError::key(
-                "oracle.aq_wait_ms",
-                "must be at least 1000 and at least 1000 below oracle.call_timeout_ms",
-            ));
+        for (key, wait) in [("oracle.aq_wait_ms", ora.aq_wait_ms), ("oracle.wait_ms", ora.wait_ms)] {
+            if wait < 1000 || wait + 1000 > ora.call_timeout_ms {
+                return Err(ConfigError::key(
+                    key,
+                    "must be at least 1000 and at least 1000 below oracle.call_timeout_ms",
+                ));
+            }
         }
         Ok(())
     }
@@ -777,6 +793,7 @@ mod tests {
             ("ORAPUSH__ORACLE__SCHEMA", "a b", "oracle.schema"),
             ("ORAPUSH__ORACLE__QUEUE", "A.B.C", "oracle.queue"),
             ("ORAPUSH__ORACLE__AQ_WAIT_MS", "9500", "oracle.aq_wait_ms"),
+            ("ORAPUSH__ORACLE__WAIT_MS", "500", "oracle.wait_ms"),
             ("ORAPUSH__ORACLE__CALL_TIMEOUT_MS", "500", "oracle.call_timeout_ms"),
             ("ORAPUSH__ORACLE__CONSUMER_NAME", "x-y", "oracle.consumer_name"),
         ];
@@ -794,7 +811,11 @@ mod tests {
         let vars =
             env(&[("ORAPUSH__SOURCE__KIND", "oracle_outbox"), ("ORAPUSH__ORACLE__PASSWORD", "tiger-secret")]);
         let s = Settings::load_from(None, vars, &Overrides::default()).unwrap();
-        assert_eq!(s.source.poll_interval(), Duration::from_millis(200));
+        assert_eq!(s.source.poll_interval(), Duration::from_millis(5_000));
+        assert_eq!(s.oracle.wait_ms, 2_000);
+        // No password at all would be ORA-01005 at every logon.
+        let err = refusal(&[("ORAPUSH__SOURCE__KIND", "oracle_aq")]);
+        assert!(err.contains("oracle.password"), "{err}");
         assert_eq!(s.oracle.qualified_queue(), "ORAPUSH.ORAPUSH_Q");
         assert!(!format!("{s:?}").contains("tiger-secret"));
     }

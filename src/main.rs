@@ -1,6 +1,7 @@
 //! The `orapush` binary: parse the command line, load the settings, then
-//! either serve (`orapush` / `orapush serve`) or publish one message
-//! (`orapush publish`).
+//! either serve (`orapush` / `orapush serve`), publish one message
+//! (`orapush publish`), subscribe (`orapush subscribe`), or check that
+//! Oracle Instant Client loads (`orapush check-client`).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -28,6 +29,15 @@ enum Command {
     Publish(PublishArgs),
     /// Subscribe to channels on a running orapush and print its frames.
     Subscribe(SubscribeArgs),
+    /// Check that Oracle Instant Client loads (honouring oracle.client_lib_dir); exit 1 if not.
+    CheckClient(CheckClientArgs),
+}
+
+#[derive(Args)]
+struct CheckClientArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
         Some(Command::Publish(args)) => publish(args),
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Subscribe(args)) => subscribe(args),
+        Some(Command::CheckClient(args)) => check_client(args),
         None => serve(cli.serve),
     };
     match result {
@@ -137,6 +148,13 @@ fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(orapush::subscribe::subscribe(options))
+}
+
+fn check_client(args: CheckClientArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref(), &Overrides::default())?;
+    let version = orapush::source::oracle::check_client(&settings.oracle)?;
+    println!("Oracle Instant Client {version} loads");
+    Ok(())
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<()> {

@@ -36,6 +36,9 @@ pub struct Inner {
     pub source_active: IntGauge,
     /// 1 while the source is connected.
     pub source_connected: IntGauge,
+    /// Messages in the AQ exception queue (AQ$_ORAPUSH_QT_E), checked once a
+    /// minute by the `oracle_aq` drainer; 0 for other sources.
+    pub aq_exception_messages: IntGauge,
     /// Refusals by limit: connections, connections_per_ip, subscriptions,
     /// frame_rate, handshake_timeout, bad_token, origin.
     pub limits_hit: IntCounterVec,
@@ -98,6 +101,10 @@ impl Metrics {
             outbox_lag_seconds: lag,
             source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),
             source_connected: gauge("orapush_source_connected", "1 while the source is connected"),
+            aq_exception_messages: gauge(
+                "orapush_aq_exception_queue_messages",
+                "Messages AQ moved to the exception queue AQ$_ORAPUSH_QT_E (oracle_aq)",
+            ),
             limits_hit,
             registry,
         }))

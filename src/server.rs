@@ -171,9 +171,9 @@ fn start_source(
         }
         SourceKind::OracleAq => {
             let mut sessions = SessionSource::new(&settings.oracle, "dequeue");
-            let max_bytes = settings.server.max_message_bytes;
+            let metrics = drainer.metrics.clone();
             info!(connect = %settings.oracle.connect_string, queue = %settings.oracle.qualified_queue(), "Oracle AQ");
-            drainer.spawn(move || OracleAq::connect(&mut sessions, max_bytes))
+            drainer.spawn(move || OracleAq::connect(&mut sessions, metrics.clone()))
         }
     }
 }

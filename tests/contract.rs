@@ -460,29 +460,57 @@ contract_suite!(sqlite, Sqlite);
 contract_suite!(postgresql, Postgres);
 contract_suite!(oracle_outbox, Oracle, #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]);
 
-/// Oracle AQ: what the queue source promises beyond the table contract.
-mod oracle_aq {
+/// Oracle: what the Oracle sources promise beyond the table contract. They
+/// use the compose database's schema, queue and lock names, so the compose
+/// drainers must be stopped first (tests/compose/e2e.sh does).
+mod oracle_only {
     use super::*;
+    use std::time::Instant;
 
+    use orapush::source::Stopper;
+
+    /// Enqueues envelopes as UTF-8 bytes (a `&str` would bind as NVARCHAR2
+    /// and reach the queue as AL16UTF16).
     fn enqueue(owner: &oracle::Connection, envelopes: &[&str]) {
         for e in envelopes {
             owner
                 .execute(
                     "DECLARE o DBMS_AQ.ENQUEUE_OPTIONS_T; p DBMS_AQ.MESSAGE_PROPERTIES_T; id RAW(16); \
-                     BEGIN DBMS_AQ.ENQUEUE('ORAPUSH.ORAPUSH_Q', o, p, UTL_RAW.CAST_TO_RAW(:1), id); END;",
-                    &[e],
+                     BEGIN DBMS_AQ.ENQUEUE('ORAPUSH.ORAPUSH_Q', o, p, :1, id); END;",
+                    &[&e.as_bytes().to_vec()],
                 )
                 .unwrap();
         }
         owner.commit().unwrap();
     }
 
-    fn drain_all(store: &mut OracleAq) -> Vec<Message> {
+    fn aq_drainer(settings: &OracleSettings) -> OracleAq {
+        OracleAq::connect(&mut SessionSource::new(settings, "contract test"), Metrics::new()).unwrap()
+    }
+
+    fn drain_all(store: &mut dyn OutboxStore) -> Vec<Message> {
         let (handoff, handed) = fake_hub();
         let metrics = Metrics::new();
         let cfg = drain_config(100);
         while drain_pass(store, &handoff, &cfg, &metrics).unwrap() != PassOutcome::Empty {}
         handed.try_iter().flatten().collect()
+    }
+
+    fn count(owner: &oracle::Connection, sql: &str) -> i64 {
+        owner.query_row_as(sql, &[]).unwrap()
+    }
+
+    /// Waits out alerts signalled before this point (earlier inserts).
+    fn settle(store: &mut OracleOutbox) {
+        let stop = Stopper::default();
+        for _ in 0..10 {
+            let started = Instant::now();
+            store.wait_for_work(Duration::from_secs(1), &stop).unwrap();
+            if started.elapsed() >= Duration::from_millis(900) {
+                return;
+            }
+        }
+        panic!("the outbox alert keeps firing");
     }
 
     /// Enqueued envelopes arrive in order with their AQ message ids, and leave the queue.
@@ -491,7 +519,7 @@ mod oracle_aq {
     fn aq_dequeues_in_order_and_commits() {
         let settings = Oracle::settings();
         let owner = Oracle::owner(&settings);
-        let mut store = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
+        let mut store = aq_drainer(&settings);
         drain_all(&mut store);
         let mut publisher = OracleAq::connect_publisher(&settings).unwrap();
         let id = publisher.publish("emp", "{\"n\":0}", None).unwrap();
@@ -509,31 +537,66 @@ mod oracle_aq {
         assert!(drain_all(&mut store).is_empty());
     }
 
-    /// A poison message goes to the exception queue; the messages around it are delivered.
+    /// A poison message amid good ones goes to ORAPUSH_AQ_DEAD_LETTER; the good ones are delivered, their retry count untouched.
     #[test]
     #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
-    fn aq_poison_goes_to_the_exception_queue() {
+    fn aq_poison_costs_the_good_messages_nothing() {
         let settings = Oracle::settings();
         let owner = Oracle::owner(&settings);
-        let mut store = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
+        let mut store = aq_drainer(&settings);
         drain_all(&mut store);
-        let exceptions = || -> i64 {
-            owner
-                .query_row_as(
-                    "SELECT COUNT(*) FROM ORAPUSH.AQ$ORAPUSH_QT WHERE queue = 'AQ$_ORAPUSH_QT_E'",
-                    &[],
-                )
-                .unwrap()
-        };
-        let before = exceptions();
+        let exceptions = "SELECT COUNT(*) FROM aq$orapush_qt WHERE queue = 'AQ$_ORAPUSH_QT_E'";
+        let exceptions_before = count(&owner, exceptions);
+        let dead_before = count(&owner, "SELECT COUNT(*) FROM orapush_aq_dead_letter");
         enqueue(
             &owner,
             &[r#"{"channel":"emp","payload":"a"}"#, "not an envelope", r#"{"channel":"emp","payload":"b"}"#],
         );
+        let rows = store.claim(100).unwrap();
+        assert_eq!(rows.len(), 3);
+        let (mut handed, mut dead) = (Vec::new(), Vec::new());
+        for row in &rows {
+            match Message::from_row(row, 1024) {
+                Ok(m) => {
+                    // Dequeued (not yet committed) and never rolled back.
+                    let retries: i64 = owner
+                        .query_row_as(
+                            "SELECT retry_count FROM aq$orapush_qt WHERE msg_id = HEXTORAW(:1)",
+                            &[&m.id],
+                        )
+                        .unwrap();
+                    assert_eq!(retries, 0, "message {}", m.id);
+                    handed.push(row.id);
+                }
+                Err(why) => dead.push(DeadLetter { row: row.clone(), reason: why.to_string() }),
+            }
+        }
+        assert_eq!((handed.len(), dead.len()), (2, 1));
+        store.complete(&handed, &dead).unwrap();
+        assert!(drain_all(&mut store).is_empty(), "the batch was committed");
+        assert_eq!(count(&owner, exceptions), exceptions_before);
+        assert_eq!(count(&owner, "SELECT COUNT(*) FROM orapush_aq_dead_letter"), dead_before + 1);
+        let kept: Vec<u8> = owner
+            .query_row_as(
+                "SELECT payload FROM orapush_aq_dead_letter WHERE reason LIKE '%envelope%' AND ROWNUM = 1",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(kept, b"not an envelope");
+    }
+
+    /// A non-ASCII payload published through PUBLISH_AQ arrives unchanged.
+    #[test]
+    #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
+    fn aq_keeps_non_ascii_payloads() {
+        let settings = Oracle::settings();
+        let mut store = aq_drainer(&settings);
+        drain_all(&mut store);
+        let mut publisher = OracleAq::connect_publisher(&settings).unwrap();
+        publisher.publish("emp", "Zürich café 5 € ✓", None).unwrap();
         let got = drain_all(&mut store);
-        let data: Vec<&str> = got.iter().map(|m| m.data.get()).collect();
-        assert_eq!(data, vec![r#"{"message":"a"}"#, r#"{"message":"b"}"#]);
-        assert_eq!(exceptions(), before + 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data.get(), r#"{"message":"Zürich café 5 € ✓"}"#);
     }
 
     /// A second AQ drainer stands by.
@@ -541,9 +604,104 @@ mod oracle_aq {
     #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
     fn aq_single_drainer() {
         let settings = Oracle::settings();
-        let first = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024).unwrap();
-        let second = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), 1024);
+        let first = aq_drainer(&settings);
+        let second = OracleAq::connect(&mut SessionSource::new(&settings, "contract test"), Metrics::new());
         assert_eq!(second.err().map(|e| e.class), Some(ErrorClass::Standby));
         drop(first);
+    }
+
+    /// A committed insert wakes a drainer waiting on a 30 s poll within a second.
+    #[test]
+    #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
+    fn outbox_wakes_on_commit() {
+        let b = Oracle::new();
+        let mut store = b.drainer().unwrap();
+        drain_all(&mut store);
+        settle(&mut store);
+        let settings = Oracle::settings();
+        let inserter = std::thread::spawn(move || {
+            let owner = Oracle::owner(&settings);
+            // Not a synchronisation: the wait below passes whether the
+            // commit comes before it (the alert is kept) or during it.
+            std::thread::sleep(Duration::from_millis(300));
+            owner.execute("BEGIN orapush.publish('wake', 'up'); END;", &[]).unwrap();
+            owner.commit().unwrap();
+        });
+        let started = Instant::now();
+        store.wait_for_work(Duration::from_secs(30), &Stopper::default()).unwrap();
+        let woke = started.elapsed();
+        inserter.join().unwrap();
+        assert!(woke < Duration::from_secs(2), "woke after {woke:?} of a 30 s poll");
+        let got = drain_all(&mut store);
+        assert_eq!(got.iter().map(|m| m.channel.as_str()).collect::<Vec<_>>(), vec!["wake"]);
+    }
+
+    /// A rolled-back insert neither wakes the drainer nor arrives.
+    #[test]
+    #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
+    fn rolled_back_insert_never_wakes() {
+        let b = Oracle::new();
+        let mut store = b.drainer().unwrap();
+        drain_all(&mut store);
+        settle(&mut store);
+        let owner = Oracle::owner(&Oracle::settings());
+        owner.execute("BEGIN orapush.publish('ghost', 'boo'); END;", &[]).unwrap();
+        owner.rollback().unwrap();
+        let started = Instant::now();
+        store.wait_for_work(Duration::from_secs(3), &Stopper::default()).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(2900), "woke after {:?}", started.elapsed());
+        assert!(drain_all(&mut store).is_empty());
+        assert_eq!(b.count(), 0);
+    }
+
+    /// A standby waiting in DBMS_LOCK takes over within standby_retry_ms once the active session is killed.
+    #[test]
+    #[cfg_attr(not(oracle_tests), ignore = "needs ORAPUSH_TEST_ORACLE (tests/compose/e2e.sh sets it)")]
+    fn standby_takes_over_when_the_active_session_is_killed() {
+        let settings = Oracle::settings();
+        let active = OracleOutbox::connect(&mut SessionSource::new(&settings, "contract active")).unwrap();
+        let (took_over, took_over_at) = std_mpsc::channel();
+        let standby_settings = settings.clone();
+        let standby = std::thread::spawn(move || {
+            let mut sessions = SessionSource::new(&standby_settings, "contract standby");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match OracleOutbox::connect(&mut sessions) {
+                    Ok(store) => {
+                        let _ = took_over.send(Instant::now());
+                        return Some(store);
+                    }
+                    Err(e) => assert_eq!(e.class, ErrorClass::Standby, "{e}"),
+                }
+            }
+            None
+        });
+        // The standby is waiting once its session shows up in v$session.
+        let system_password = env_or("ORAPUSH_TEST_ORACLE_SYSTEM_PASSWORD", "orapush-sys");
+        let system =
+            oracle::Connection::connect("SYSTEM", system_password, &settings.connect_string).unwrap();
+        let waiting =
+            "SELECT COUNT(*) FROM v$session WHERE module = 'orapush' AND action = 'contract standby'";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&system, waiting) == 0 {
+            assert!(Instant::now() < deadline, "the standby never connected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (sid, serial): (i64, i64) = system
+            .query_row_as(
+                "SELECT sid, serial# FROM v$session WHERE module = 'orapush' AND action = 'contract active'",
+                &[],
+            )
+            .unwrap();
+        let killed_at = Instant::now();
+        system.execute(&format!("ALTER SYSTEM KILL SESSION '{sid},{serial}' IMMEDIATE"), &[]).unwrap();
+        let at = took_over_at.recv_timeout(Duration::from_secs(30)).expect("the standby took over");
+        let store = standby.join().unwrap();
+        assert!(store.is_some());
+        let took = at.saturating_duration_since(killed_at);
+        // standby_retry_ms defaults to 1000; the standby waits in the
+        // database, so it is granted the lock as soon as Oracle frees it.
+        assert!(took < Duration::from_millis(1000), "took over {took:?} after the kill");
+        drop(active);
     }
 }

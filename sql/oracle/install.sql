@@ -1,30 +1,38 @@
 -- orapush: the Oracle outbox, the ORAPUSH package and the AQ queue.
 -- Run as the owner (after grants.sql), in SQL*Plus or SQLcl:
 --
---   sqlplus orapush/...@//host:1521/FREEPDB1 @sql/oracle/install.sql
+--   sqlplus -L orapush/...@//host:1521/FREEPDB1 @sql/oracle/install.sql
 --
 -- Idempotent: running it again keeps the data and replaces the package.
--- Needs Oracle 19c or later (identity columns, JSON_OBJECT_T).
+-- Needs Oracle 19c or later (identity columns, JSON_OBJECT_T,
+-- DBMS_LOCK.ALLOCATE_UNIQUE_AUTONOMOUS).
+--
+-- It stops at the first error with a non-zero exit status, compilation
+-- errors included: SQL*Plus only warns "created with compilation errors",
+-- so every compiled unit is checked in USER_ERRORS below. FAILURE, not
+-- SQL.SQLCODE: an exit status is taken mod 256, so ORA-01536 would exit 0.
 SET DEFINE ON
 SET VERIFY OFF
 SET SERVEROUTPUT ON
 DEFINE app_user = ORAPUSH_APP
 
-WHENEVER SQLERROR EXIT SQL.SQLCODE
+WHENEVER SQLERROR EXIT FAILURE
+WHENEVER OSERROR EXIT FAILURE
 
 -- The outbox. Publish with an INSERT (or ORAPUSH.PUBLISH) and a COMMIT.
 -- orapush claims rows with an unlimited
---   SELECT ... ORDER BY id FOR UPDATE SKIP LOCKED
+--   SELECT /*+ INDEX_ASC(o (id)) */ ... ORDER BY id FOR UPDATE SKIP LOCKED
 -- cursor (fetching one batch) and deletes each row once its message is
--- handed over; the primary key index serves that order.
+-- handed over; the primary key index serves that order without a sort.
 BEGIN
   EXECUTE IMMEDIATE q'[
     CREATE TABLE orapush_outbox (
-      id          NUMBER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      id          NUMBER GENERATED ALWAYS AS IDENTITY,
       channel     VARCHAR2(200) NOT NULL,
       payload     CLOB NOT NULL,
       target_user VARCHAR2(200) NULL,
-      created_at  TIMESTAMP WITH TIME ZONE DEFAULT SYSTIMESTAMP NOT NULL
+      created_at  TIMESTAMP WITH TIME ZONE DEFAULT SYSTIMESTAMP NOT NULL,
+      CONSTRAINT orapush_outbox_pk PRIMARY KEY (id)
     )]';
 EXCEPTION
   WHEN OTHERS THEN
@@ -51,13 +59,32 @@ EXCEPTION
 END;
 /
 
--- The queue: RAW payloads carrying a JSON envelope
+-- AQ messages that can never be delivered (not an envelope, bad channel,
+-- too large), with the reason. orapush moves them here in the same
+-- transaction that commits the good messages of their batch, so a poison
+-- message never costs the good ones a rollback (each rollback raises the
+-- RETRY_COUNT of every message dequeued in the transaction).
+BEGIN
+  EXECUTE IMMEDIATE q'[
+    CREATE TABLE orapush_aq_dead_letter (
+      msgid       RAW(16) PRIMARY KEY,
+      payload     BLOB,
+      failed_at   TIMESTAMP WITH TIME ZONE DEFAULT SYSTIMESTAMP NOT NULL,
+      reason      VARCHAR2(4000) NOT NULL
+    )]';
+EXCEPTION
+  WHEN OTHERS THEN
+    IF SQLCODE != -955 THEN RAISE; END IF;
+END;
+/
+
+-- The queue: RAW payloads carrying a UTF-8 JSON envelope
 --   {"channel": "...", "payload": "...", "user": null}
 -- (rust-oracle reads RAW and object payloads, not JSON or JMS queues).
 -- Single consumer: orapush dequeues; one orapush drains at a time.
--- max_retries: a message rolled back that often moves to the exception
--- queue AQ$_ORAPUSH_QT_E, the dead-letter queue (orapush pushes poison
--- messages there).
+-- max_retries: a message whose dequeue is rolled back that often moves to
+-- the exception queue AQ$_ORAPUSH_QT_E. orapush itself never rolls back a
+-- dequeue on purpose; it counts and logs what reaches that queue.
 BEGIN
   DBMS_AQADM.CREATE_QUEUE_TABLE(
     queue_table        => 'ORAPUSH_QT',
@@ -83,27 +110,54 @@ END;
 /
 BEGIN
   DBMS_AQADM.START_QUEUE(queue_name => 'ORAPUSH_Q');
-  -- Dequeue only, so a DBA can inspect or re-enqueue poison messages.
+  -- Dequeue only, so a DBA can inspect or re-enqueue what AQ parked there.
   DBMS_AQADM.START_QUEUE(queue_name => 'AQ$_ORAPUSH_QT_E', enqueue => FALSE, dequeue => TRUE);
 END;
 /
 
 CREATE OR REPLACE PACKAGE orapush AUTHID DEFINER AS
+  -- The DBMS_ALERT the outbox trigger signals on commit; orapush waits on it.
+  outbox_alert CONSTANT VARCHAR2(30) := 'ORAPUSH_OUTBOX';
+
   -- Publishes in the caller's transaction: delivered when it commits, gone
   -- if it rolls back. No network call, no ACL.
   PROCEDURE publish(p_channel IN VARCHAR2, p_payload IN CLOB, p_user IN VARCHAR2 DEFAULT NULL);
   -- The same, returning the outbox row id.
   FUNCTION publish_id(p_channel IN VARCHAR2, p_payload IN CLOB, p_user IN VARCHAR2 DEFAULT NULL) RETURN NUMBER;
   -- Enqueues on ORAPUSH_Q (for source kind oracle_aq), in the caller's
-  -- transaction. The payload is at most 32,767 bytes with the envelope.
+  -- transaction. The envelope is UTF-8 whatever the database character
+  -- set, and at most 32,767 bytes.
   PROCEDURE publish_aq(p_channel IN VARCHAR2, p_payload IN VARCHAR2, p_user IN VARCHAR2 DEFAULT NULL);
   FUNCTION publish_aq_id(p_channel IN VARCHAR2, p_payload IN VARCHAR2, p_user IN VARCHAR2 DEFAULT NULL) RETURN RAW;
-  -- For orapush itself: the single-drainer lock (0 granted, 4 already held
-  -- by this session, 1 held by another session). It COMMITs (allocate_unique).
+
+  -- For orapush itself. The single-drainer lock: DBMS_LOCK.REQUEST's answer
+  -- (0 granted, 1 timed out: another session holds it, 4 already held by
+  -- this session), after waiting up to p_wait_seconds. No commit: the name
+  -- is allocated autonomously, and every call refreshes that allocation.
+  FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER;
+  -- lock_drainer without waiting.
   FUNCTION try_lock_drainer(p_name IN VARCHAR2) RETURN NUMBER;
   -- For orapush itself: moves an outbox row to the dead-letter table.
   PROCEDURE dead_letter(p_id IN NUMBER, p_reason IN VARCHAR2);
+  -- For orapush itself: keeps a poison AQ message (dequeued in the
+  -- caller's transaction) in ORAPUSH_AQ_DEAD_LETTER.
+  PROCEDURE dead_letter_aq(p_msgid IN RAW, p_payload IN RAW, p_reason IN VARCHAR2);
+  -- For orapush itself, on a session of its own: waits up to p_wait_seconds
+  -- for a commit that inserted outbox rows. 0 signalled, 1 timed out.
+  -- DBMS_ALERT.WAITONE commits, so never call it on a session with work.
+  FUNCTION wait_for_outbox(p_wait_seconds IN NUMBER) RETURN NUMBER;
+  -- For orapush itself: messages AQ moved to the exception queue.
+  FUNCTION exception_queue_count RETURN NUMBER;
 END orapush;
+/
+-- A package that compiled with errors makes every call fail (ORA-04063):
+-- stop here instead.
+BEGIN
+  FOR e IN (SELECT name, type, line, text FROM user_errors
+             WHERE name = 'ORAPUSH' AND type = 'PACKAGE' ORDER BY sequence) LOOP
+    RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH package spec: line ' || e.line || ': ' || e.text);
+  END LOOP;
+END;
 /
 
 CREATE OR REPLACE PACKAGE BODY orapush AS
@@ -139,7 +193,10 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
       queue_name         => $$PLSQL_UNIT_OWNER || '.ORAPUSH_Q',
       enqueue_options    => l_options,
       message_properties => l_props,
-      payload            => UTL_RAW.CAST_TO_RAW(l_envelope.to_string),
+      -- UTL_RAW.CAST_TO_RAW would keep the database character set's bytes
+      -- (WE8MSWIN1252 on many upgraded 19c databases), which orapush must
+      -- refuse as not UTF-8: convert explicitly.
+      payload            => UTL_I18N.STRING_TO_RAW(l_envelope.to_string, 'AL32UTF8'),
       msgid              => l_msgid);
     RETURN l_msgid;
   END publish_aq_id;
@@ -150,15 +207,23 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
     l_msgid := publish_aq_id(p_channel, p_payload, p_user);
   END publish_aq;
 
-  FUNCTION try_lock_drainer(p_name IN VARCHAR2) RETURN NUMBER IS
+  FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER IS
     l_handle VARCHAR2(128);
   BEGIN
-    DBMS_LOCK.ALLOCATE_UNIQUE(lockname => p_name, lockhandle => l_handle);
+    -- Upper-cased, so "orapush:orapush.x" and "ORAPUSH:ORAPUSH.X" are one lock.
+    -- The autonomous allocation commits only itself, and each call pushes
+    -- the name's expiration (10 days after the last allocation) forward.
+    DBMS_LOCK.ALLOCATE_UNIQUE_AUTONOMOUS(lockname => UPPER(p_name), lockhandle => l_handle);
     RETURN DBMS_LOCK.REQUEST(
       lockhandle        => l_handle,
       lockmode          => DBMS_LOCK.X_MODE,
-      timeout           => 0,
+      timeout           => GREATEST(0, TRUNC(p_wait_seconds)),
       release_on_commit => FALSE);
+  END lock_drainer;
+
+  FUNCTION try_lock_drainer(p_name IN VARCHAR2) RETURN NUMBER IS
+  BEGIN
+    RETURN lock_drainer(p_name, 0);
   END try_lock_drainer;
 
   PROCEDURE dead_letter(p_id IN NUMBER, p_reason IN VARCHAR2) IS
@@ -169,11 +234,71 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
      WHERE id = p_id;
     DELETE FROM orapush_outbox WHERE id = p_id;
   END dead_letter;
+
+  PROCEDURE dead_letter_aq(p_msgid IN RAW, p_payload IN RAW, p_reason IN VARCHAR2) IS
+    l_payload BLOB;
+  BEGIN
+    -- Written through DBMS_LOB: a RAW bind over 2,000 bytes may not convert
+    -- to a BLOB inside SQL.
+    INSERT INTO orapush_aq_dead_letter (msgid, payload, reason)
+    VALUES (p_msgid, EMPTY_BLOB(), SUBSTR(p_reason, 1, 4000))
+    RETURNING payload INTO l_payload;
+    IF UTL_RAW.LENGTH(p_payload) > 0 THEN
+      DBMS_LOB.WRITEAPPEND(l_payload, UTL_RAW.LENGTH(p_payload), p_payload);
+    END IF;
+  END dead_letter_aq;
+
+  FUNCTION wait_for_outbox(p_wait_seconds IN NUMBER) RETURN NUMBER IS
+    l_message VARCHAR2(1800);
+    l_status  INTEGER;
+  BEGIN
+    -- Registering again is harmless; a signal committed since the last wait
+    -- is kept for this session and ends the next WAITONE at once.
+    DBMS_ALERT.REGISTER(outbox_alert);
+    DBMS_ALERT.WAITONE(outbox_alert, l_message, l_status, GREATEST(0, p_wait_seconds));
+    RETURN l_status;
+  END wait_for_outbox;
+
+  FUNCTION exception_queue_count RETURN NUMBER IS
+    l_count NUMBER;
+  BEGIN
+    SELECT COUNT(*) INTO l_count FROM aq$orapush_qt WHERE queue = 'AQ$_ORAPUSH_QT_E';
+    RETURN l_count;
+  END exception_queue_count;
 END orapush;
+/
+BEGIN
+  FOR e IN (SELECT name, type, line, text FROM user_errors
+             WHERE name = 'ORAPUSH' AND type = 'PACKAGE BODY' ORDER BY sequence) LOOP
+    RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH package body: line ' || e.line || ': ' || e.text);
+  END LOOP;
+END;
+/
+
+-- The commit-time wake-up: one alert per inserting statement (statement
+-- level, so a bulk insert signals once). DBMS_ALERT delivers the signal
+-- when the inserting transaction commits and drops it on a rollback. The
+-- trigger runs with the owner's rights, so publishers need no grant on
+-- DBMS_ALERT. Concurrent signalling transactions wait for each other's
+-- commit; to go back to polling alone:
+--   ALTER TRIGGER orapush_outbox_wakeup DISABLE;
+CREATE OR REPLACE TRIGGER orapush_outbox_wakeup
+  AFTER INSERT ON orapush_outbox
+BEGIN
+  DBMS_ALERT.SIGNAL(orapush.outbox_alert, NULL);
+END;
+/
+BEGIN
+  FOR e IN (SELECT name, type, line, text FROM user_errors
+             WHERE name = 'ORAPUSH_OUTBOX_WAKEUP' AND type = 'TRIGGER' ORDER BY sequence) LOOP
+    RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH_OUTBOX_WAKEUP trigger: line ' || e.line || ': ' || e.text);
+  END LOOP;
+END;
 /
 
 -- The service user: read and delete outbox rows (SELECT allows FOR UPDATE),
--- dequeue, and call the package (drain lock, dead letters). Nothing more.
+-- dequeue, and call the package (drain lock, dead letters, the wake-up
+-- wait). Nothing more.
 GRANT SELECT, DELETE ON orapush_outbox TO &&app_user;
 GRANT EXECUTE ON orapush TO &&app_user;
 BEGIN
@@ -185,4 +310,4 @@ BEGIN
 END;
 /
 
-PROMPT orapush installed: ORAPUSH_OUTBOX, ORAPUSH_DEAD_LETTER, package ORAPUSH, queue ORAPUSH_Q
+PROMPT orapush installed: ORAPUSH_OUTBOX (with its wake-up trigger), ORAPUSH_DEAD_LETTER, ORAPUSH_AQ_DEAD_LETTER, package ORAPUSH, queue ORAPUSH_Q

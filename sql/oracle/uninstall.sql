@@ -1,9 +1,9 @@
 -- orapush: removes the outbox, the package and the queue. Run as the owner.
 -- Idempotent. WARNING: drops undelivered rows, queued messages and dead
--- letters. The users stay (drop them as a DBA: DROP USER orapush_app;
--- DROP USER orapush CASCADE;).
+-- letters (the outbox's wake-up trigger goes with its table). The users
+-- stay (drop them as a DBA: DROP USER orapush_app; DROP USER orapush CASCADE;).
 SET SERVEROUTPUT ON
-WHENEVER SQLERROR EXIT SQL.SQLCODE
+WHENEVER SQLERROR EXIT FAILURE
 
 BEGIN
   BEGIN
@@ -23,7 +23,8 @@ BEGIN
   FOR o IN (SELECT object_name, object_type FROM user_objects
              WHERE (object_name, object_type) IN (('ORAPUSH', 'PACKAGE'),
                                                   ('ORAPUSH_OUTBOX', 'TABLE'),
-                                                  ('ORAPUSH_DEAD_LETTER', 'TABLE'))) LOOP
+                                                  ('ORAPUSH_DEAD_LETTER', 'TABLE'),
+                                                  ('ORAPUSH_AQ_DEAD_LETTER', 'TABLE'))) LOOP
     EXECUTE IMMEDIATE 'DROP ' || o.object_type || ' ' || o.object_name
       || CASE o.object_type WHEN 'TABLE' THEN ' PURGE' END;
   END LOOP;

@@ -208,7 +208,9 @@ where
                     metrics.source_active.set(0);
                     metrics.source_connected.set(1);
                     backoff.reset();
-                    stop.sleep(config.standby_retry);
+                    if !e.waited {
+                        stop.sleep(config.standby_retry);
+                    }
                     continue;
                 }
                 Err(e) => {

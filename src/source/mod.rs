@@ -15,7 +15,9 @@
 //!
 //! One active drainer per outbox: a store's `connect` takes the outbox's
 //! drain lock, or answers [`ErrorClass::Standby`]; the drainer then waits as
-//! a standby and tries again every `source.standby_retry_ms`.
+//! a standby and tries again every `source.standby_retry_ms`, or at once
+//! when the store waited for the lock itself (Oracle waits inside
+//! `DBMS_LOCK.REQUEST`, so it takes over the moment the lock is free).
 
 pub mod drain;
 pub mod oracle;
@@ -80,17 +82,28 @@ pub enum ErrorClass {
 pub struct SourceError {
     pub class: ErrorClass,
     pub message: String,
+    /// A standby answer given after the store already waited for the lock
+    /// (in the database): the drainer asks again at once instead of
+    /// sleeping `source.standby_retry_ms`.
+    pub waited: bool,
 }
 
 impl SourceError {
+    fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self { class, message: message.into(), waited: false }
+    }
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Transient, message: message.into() }
+        Self::new(ErrorClass::Transient, message)
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Fatal, message: message.into() }
+        Self::new(ErrorClass::Fatal, message)
     }
     pub fn standby(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Standby, message: message.into() }
+        Self::new(ErrorClass::Standby, message)
+    }
+    /// Standby, after a wait for the lock that the store did itself.
+    pub fn standby_after_wait(message: impl Into<String>) -> Self {
+        Self { waited: true, ..Self::standby(message) }
     }
     pub fn is_fatal(&self) -> bool {
         self.class == ErrorClass::Fatal

@@ -1,11 +1,13 @@
 //! Source kind `oracle_aq`: an Advanced Queuing queue of RAW messages.
 //!
 //! Each message is a JSON envelope `{"channel": "...", "payload": "...",
-//! "user": null}` in UTF-8, as `ORAPUSH.PUBLISH_AQ` enqueues it: RAW is the
-//! one payload type rust-oracle's AQ API reads reliably (no JSON or JMS
-//! queues there), and an envelope keeps channel and user with the payload in
-//! one commit-bound enqueue. `"data"` (any JSON) may stand for `"payload"`.
-//! RAW caps a message at 32,767 bytes; larger bodies belong in the outbox.
+//! "user": null}` in UTF-8, as `ORAPUSH.PUBLISH_AQ` enqueues it (converted
+//! with `UTL_I18N.STRING_TO_RAW(…, 'AL32UTF8')` whatever the database
+//! character set): RAW is the one payload type rust-oracle's AQ API reads
+//! reliably (no JSON or JMS queues there), and an envelope keeps channel and
+//! user with the payload in one commit-bound enqueue. `"data"` (any JSON)
+//! may stand for `"payload"`. RAW caps a message at 32,767 bytes; larger
+//! bodies belong in the outbox.
 //!
 //! Claim: `dequeue_many` in REMOVE mode with on-commit visibility and an
 //! explicit wait (`oracle.aq_wait_ms`, below the call timeout; the default
@@ -13,30 +15,52 @@
 //! handle that fails on first use. The messages leave the queue only when
 //! the drainer commits after the hand-over; a crash rolls back.
 //!
-//! Poison messages (not an envelope, bad channel, too large) go to the
-//! queue's exception queue, the dead-letter queue AQ users know. When a
-//! batch holds one, the batch is rolled back before anything is handed over;
-//! the good messages are then dequeued again one by one (by message id) and
-//! handed over, and each poison message is dequeued and rolled back until
-//! AQ's `max_retries` moves it to the exception queue. So a poison message
-//! never blocks the ones behind it, and none is lost.
+//! Poison messages (not an envelope, bad channel, too large) never cost the
+//! good ones a rollback. A rollback raises the RETRY_COUNT of every message
+//! dequeued in the transaction, and after `max_retries` AQ parks a message
+//! in the exception queue, good or not. So a poison message is dequeued
+//! with its batch like any other and, in the same transaction that commits
+//! the good ones, kept in ORAPUSH_AQ_DEAD_LETTER (`ORAPUSH.DEAD_LETTER_AQ`,
+//! one call per poison message; none for a good batch). AQ's exception
+//! queue cannot take it directly: exception queues allow dequeues only
+//! (ORA-24017). What still reaches the exception queue (rollbacks after a
+//! lost session or a failed commit, expiry) is counted once a minute into
+//! `orapush_aq_exception_queue_messages` and logged when it grows; a message
+//! dequeued again after a rollback is logged with its attempt count. A
+//! killed or crashed session does not raise RETRY_COUNT (Oracle's
+//! DBMS_AQADM.CREATE_QUEUE reference, `max_retries`).
+//!
+//! Lag: AQ returns the enqueue time without a time zone (ODPI-C
+//! `dpiMsgProps_getEnqTime` reads an OCIDate and sets the offset to 0), and
+//! queue tables store it at a fixed offset that is usually, not always,
+//! UTC. The drainer reads the database's clock once per session, in local
+//! time and in UTC, and takes the reading that gives the smallest
+//! non-negative age: right under both readings while the lag is below the
+//! database's UTC offset, and without a round trip per batch.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oracle::aq::{DeqMode, DeqNavigation, MsgProps, Queue, Visibility};
+use oracle::sql_type::Timestamp;
 use oracle::Connection;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::{classify, drop_session, hex, take_drain_lock, SessionSource};
+use super::{classify, drain_lock_name, drop_session, hex, DrainLock, SessionSource};
 use crate::config::OracleSettings;
 use crate::message::{validate_channel, OutboxRow};
+use crate::metrics::Metrics;
 use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
 
-/// At most this many dequeue-and-rollback rounds to push one poison message
-/// to the exception queue (AQ's max_retries is usually 5).
-const MAX_POISON_ROUNDS: usize = 50;
+/// How often the drainer counts the exception queue.
+const EXCEPTION_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// SQL text; names resolve through CURRENT_SCHEMA (see [`super`]).
+pub const DEAD_LETTER_SQL: &str = "BEGIN ORAPUSH.DEAD_LETTER_AQ(:1, :2, :3); END;";
+pub const EXCEPTION_COUNT_SQL: &str = "BEGIN :1 := ORAPUSH.EXCEPTION_QUEUE_COUNT; END;";
+pub const PUBLISH_SQL: &str = "BEGIN :1 := ORAPUSH.PUBLISH_AQ_ID(:2, :3, :4); END;";
+pub const CLOCK_SQL: &str = "SELECT CAST(SYSTIMESTAMP AS TIMESTAMP), SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM dual";
 
 /// The message body `ORAPUSH.PUBLISH_AQ` enqueues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,44 +114,118 @@ pub fn envelope_row(index: usize, message_id: &[u8], raw: &[u8]) -> OutboxRow {
     row
 }
 
-/// True when a row can go to the hub (same rules as the drain pass).
-fn deliverable(row: &OutboxRow, max_bytes: usize) -> bool {
-    row.defect.is_none() && validate_channel(&row.channel).is_ok() && row.payload.len() <= max_bytes
+/// One dequeued message of the current claim.
+struct Dequeued {
+    message_id: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// The database's clock against ours, read once per session: how far the
+/// database's local time and its UTC time are ahead of this host's UTC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DbClock {
+    pub local_ahead: f64,
+    pub utc_ahead: f64,
+}
+
+impl DbClock {
+    /// The age of a message enqueued at `enqueued` (a zone-less reading) at
+    /// `now` (this host's UTC seconds): the smallest non-negative age of the
+    /// two readings (the enqueue time in the database's local time, or in
+    /// UTC), 0 when both are negative (clock jitter).
+    pub fn age_seconds(&self, enqueued: f64, now: f64) -> f64 {
+        [now + self.local_ahead - enqueued, now + self.utc_ahead - enqueued]
+            .into_iter()
+            .filter(|age| *age >= 0.0)
+            .fold(None, |min: Option<f64>, age| Some(min.map_or(age, |m| m.min(age))))
+            .unwrap_or(0.0)
+    }
+}
+
+/// Seconds since 1970-01-01 of a zone-less timestamp read as UTC.
+pub fn naive_epoch_seconds(t: &Timestamp) -> f64 {
+    let days = days_from_civil(t.year() as i64, t.month() as i64, t.day() as i64);
+    (days * 86_400 + t.hour() as i64 * 3600 + t.minute() as i64 * 60 + t.second() as i64) as f64
+        + t.nanosecond() as f64 / 1e9
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn now_epoch_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Counts what AQ moved to the exception queue, and logs its growth.
+struct ExceptionWatch {
+    last_count: Option<i64>,
+    next_check: Instant,
 }
 
 pub struct OracleAq {
     conn: Connection,
     settings: OracleSettings,
     queue_name: String,
-    /// Message ids of the rows of the current claim, by row id (index).
-    batch: Vec<Vec<u8>>,
-    max_message_bytes: usize,
-    drains: bool,
+    /// Held while draining; None for a publisher.
+    lock: Option<DrainLock>,
+    /// The messages of the current claim, by row id (index).
+    batch: Vec<Dequeued>,
+    clock: DbClock,
+    exceptions: Option<ExceptionWatch>,
+    metrics: Metrics,
 }
 
 impl OracleAq {
-    pub fn connect(sessions: &mut SessionSource, max_message_bytes: usize) -> Result<Self, SourceError> {
+    /// A session that dequeues: it holds the queue's drain lock (or Standby,
+    /// after waiting `oracle.wait_ms` for it).
+    pub fn connect(sessions: &mut SessionSource, metrics: Metrics) -> Result<Self, SourceError> {
         let settings = sessions.settings().clone();
-        let conn = sessions.session()?;
         let queue_name = settings.qualified_queue();
-        if let Err(e) = take_drain_lock(&conn, &settings, &format!("orapush:{queue_name}")) {
-            drop_session(&conn);
-            return Err(e);
-        }
-        Ok(Self { conn, settings, queue_name, batch: Vec::new(), max_message_bytes, drains: true })
+        let conn = sessions.session()?;
+        let (conn, lock) = DrainLock::take(conn, sessions, drain_lock_name(&queue_name))?;
+        let clock = match read_clock(&conn) {
+            Ok(clock) => clock,
+            Err(e) => {
+                drop_session(&conn);
+                return Err(classify(&e, &settings, "read the database clock"));
+            }
+        };
+        // The install script's exception-queue count covers its own queue.
+        let exceptions = (queue_name == format!("{}.ORAPUSH_Q", settings.schema.to_uppercase()))
+            .then(|| ExceptionWatch { last_count: None, next_check: Instant::now() });
+        Ok(Self {
+            conn,
+            settings,
+            queue_name,
+            lock: Some(lock),
+            batch: Vec::new(),
+            clock,
+            exceptions,
+            metrics,
+        })
     }
 
     pub fn connect_publisher(settings: &OracleSettings) -> Result<Self, SourceError> {
         let mut sessions = SessionSource::new(settings, "publish");
         let conn = sessions.session()?;
-        let queue_name = settings.qualified_queue();
         Ok(Self {
             conn,
             settings: settings.clone(),
-            queue_name,
+            queue_name: settings.qualified_queue(),
+            lock: None,
             batch: Vec::new(),
-            max_message_bytes: 0,
-            drains: false,
+            clock: DbClock { local_ahead: 0.0, utc_ahead: 0.0 },
+            exceptions: None,
+            metrics: Metrics::new(),
         })
     }
 
@@ -137,7 +235,7 @@ impl OracleAq {
 
     /// A queue handle with the dequeue options set (`Queue` is not `Send`:
     /// it lives only inside one call).
-    fn queue(&self, wait: Duration, message_id: Option<&[u8]>) -> oracle::Result<Queue<[u8]>> {
+    fn queue(&self, wait: Duration) -> oracle::Result<Queue<[u8]>> {
         let mut queue = Queue::<[u8]>::new(&self.conn, &self.queue_name, &())?;
         let options = queue.deq_options()?;
         options.set_mode(&DeqMode::Remove)?;
@@ -147,69 +245,76 @@ impl OracleAq {
         if let Some(consumer) = &self.settings.consumer_name {
             options.set_consumer_name(consumer)?;
         }
-        if let Some(id) = message_id {
-            options.set_message_id(id)?;
-        }
         Ok(queue)
-    }
-
-    fn read(props: &MsgProps<[u8]>) -> oracle::Result<(Vec<u8>, Vec<u8>)> {
-        Ok((props.message_id()?, props.payload()?))
     }
 
     fn claim_messages(&mut self, limit: usize) -> oracle::Result<Vec<OutboxRow>> {
         let wait = Duration::from_millis(self.settings.aq_wait_ms);
-        let queue = self.queue(wait, None)?;
+        let queue = self.queue(wait)?;
         let messages = queue.dequeue_many(limit.min(u32::MAX as usize) as u32)?;
-        let mut read = Vec::with_capacity(messages.len());
-        for m in &messages {
-            read.push(Self::read(m)?);
-        }
-        drop(messages);
-        drop(queue);
-        let rows: Vec<OutboxRow> =
-            read.iter().enumerate().map(|(i, (id, raw))| envelope_row(i, id, raw)).collect();
-        if rows.iter().all(|r| deliverable(r, self.max_message_bytes)) {
-            self.batch = read.into_iter().map(|(id, _)| id).collect();
-            return Ok(rows);
-        }
-        // A poison message in the batch: give the batch back before anything
-        // is handed over, then take the good ones again by id.
-        self.conn.rollback()?;
-        let mut kept = Vec::with_capacity(rows.len());
+        let now = now_epoch_seconds();
+        let mut rows = Vec::with_capacity(messages.len());
         self.batch.clear();
-        for (row, (id, _)) in rows.into_iter().zip(read) {
-            let mut row = row;
-            if deliverable(&row, self.max_message_bytes) {
-                let again = self.queue(Duration::ZERO, Some(&id))?.dequeue_many(1)?;
-                if again.is_empty() {
-                    continue; // delayed by the queue's retry_delay: it comes back later
-                }
+        for (index, m) in messages.iter().enumerate() {
+            let message = read(m)?;
+            let mut row = envelope_row(index, &message.message_id, &message.raw);
+            row.age_seconds = self.clock.age_seconds(naive_epoch_seconds(&m.enq_time()?), now);
+            let attempts = m.num_attempts()?;
+            if attempts > 0 {
+                warn!(
+                    message_id = %hex(&message.message_id), attempts, queue = %self.queue_name,
+                    "message dequeued again after a rollback; AQ parks it in the exception queue after max_retries"
+                );
             }
-            row.id = self.batch.len() as i64;
-            self.batch.push(id);
-            kept.push(row);
+            rows.push(row);
+            self.batch.push(message);
         }
-        Ok(kept)
+        Ok(rows)
     }
 
-    /// Dequeues and rolls back until AQ moves the message to the exception queue.
-    fn push_to_exception_queue(&self, message_id: &[u8]) -> oracle::Result<()> {
-        for _ in 0..MAX_POISON_ROUNDS {
-            let found = self.queue(Duration::ZERO, Some(message_id))?.dequeue_many(1)?;
-            if found.is_empty() {
-                return Ok(());
-            }
-            drop(found);
-            self.conn.rollback()?;
+    /// Counts the exception queue when due; logs when it grew.
+    fn watch_exceptions(&mut self) -> Result<(), SourceError> {
+        let Some(watch) = self.exceptions.as_mut() else { return Ok(()) };
+        if Instant::now() < watch.next_check {
+            return Ok(());
         }
+        watch.next_check = Instant::now() + EXCEPTION_CHECK_EVERY;
+        let count = self
+            .conn
+            .execute(EXCEPTION_COUNT_SQL, &[&oracle::sql_type::OracleType::Number(0, 0)])
+            .and_then(|stmt| stmt.bind_value::<_, i64>(1))
+            .map_err(|e| classify(&e, &self.settings, "count the exception queue"))?;
+        self.metrics.aq_exception_messages.set(count);
+        match watch.last_count {
+            Some(last) if count > last => warn!(
+                new = count - last,
+                total = count,
+                queue = "AQ$_ORAPUSH_QT_E",
+                "messages reached the AQ exception queue (rolled back max_retries times, or expired)"
+            ),
+            None if count > 0 => {
+                info!(total = count, queue = "AQ$_ORAPUSH_QT_E", "the AQ exception queue holds messages")
+            }
+            _ => {}
+        }
+        watch.last_count = Some(count);
         Ok(())
     }
 }
 
+fn read(props: &MsgProps<[u8]>) -> oracle::Result<Dequeued> {
+    Ok(Dequeued { message_id: props.message_id()?, raw: props.payload()? })
+}
+
+fn read_clock(conn: &Connection) -> oracle::Result<DbClock> {
+    let (local, utc) = conn.query_row_as::<(Timestamp, Timestamp)>(CLOCK_SQL, &[])?;
+    let now = now_epoch_seconds();
+    Ok(DbClock { local_ahead: naive_epoch_seconds(&local) - now, utc_ahead: naive_epoch_seconds(&utc) - now })
+}
+
 impl Drop for OracleAq {
     fn drop(&mut self) {
-        if self.drains {
+        if self.lock.is_some() {
             drop_session(&self.conn);
         }
     }
@@ -217,24 +322,35 @@ impl Drop for OracleAq {
 
 impl OutboxStore for OracleAq {
     fn claim(&mut self, limit: usize) -> Result<Vec<OutboxRow>, SourceError> {
+        if let Some(lock) = self.lock.as_mut() {
+            lock.refresh_if_due(&self.conn, &self.settings)?;
+        }
+        self.watch_exceptions()?;
         self.claim_messages(limit).map_err(|e| {
-            let _ = self.conn.rollback();
+            self.abort();
             self.error(&e, "dequeue")
         })
     }
 
+    /// The handed-over messages were dequeued in this transaction; the
+    /// poison ones too, and are kept in ORAPUSH_AQ_DEAD_LETTER before the
+    /// one commit (see the module doc).
     fn complete(&mut self, _handed_over: &[i64], dead: &[DeadLetter]) -> Result<(), SourceError> {
-        // The handed-over messages were dequeued in this transaction; the
-        // poison ones were not (see the module doc).
-        self.conn.commit().map_err(|e| {
-            let _ = self.conn.rollback();
+        let result = (|| {
+            for d in dead {
+                let message = &self.batch[d.row.id as usize];
+                warn!(
+                    message_id = %hex(&message.message_id), reason = %d.reason, queue = %self.queue_name,
+                    "moving message to ORAPUSH_AQ_DEAD_LETTER"
+                );
+                self.conn.execute(DEAD_LETTER_SQL, &[&message.message_id, &message.raw, &d.reason])?;
+            }
+            self.conn.commit()
+        })();
+        result.map_err(|e| {
+            self.abort();
             self.error(&e, "commit the dequeue")
         })?;
-        for d in dead {
-            let id = &self.batch[d.row.id as usize];
-            warn!(message_id = %hex(id), reason = %d.reason, queue = %self.queue_name, "moving message to the exception queue");
-            self.push_to_exception_queue(id).map_err(|e| self.error(&e, "move a poison message"))?;
-        }
         self.batch.clear();
         Ok(())
     }
@@ -253,11 +369,10 @@ impl OutboxStore for OracleAq {
 impl Publisher for OracleAq {
     fn publish(&mut self, channel: &str, payload: &str, user: Option<&str>) -> Result<String, SourceError> {
         validate_channel(channel).map_err(|e| SourceError::fatal(e.to_string()))?;
-        let sql = format!("BEGIN :1 := {}.ORAPUSH.PUBLISH_AQ_ID(:2, :3, :4); END;", self.settings.schema);
         let result = (|| {
             let stmt = self
                 .conn
-                .execute(&sql, &[&oracle::sql_type::OracleType::Raw(16), &channel, &payload, &user])?;
+                .execute(PUBLISH_SQL, &[&oracle::sql_type::OracleType::Raw(16), &channel, &payload, &user])?;
             let id: Vec<u8> = stmt.bind_value(1)?;
             self.conn.commit()?;
             Ok(hex(&id))
@@ -303,14 +418,79 @@ mod tests {
     /// A dequeued message becomes a row whose message id is the AQ msgid, or a defective row.
     #[test]
     fn messages_become_rows() {
+        use crate::message::Message;
         let row = envelope_row(3, &[0xab, 0x01], br#"{"channel":"emp","payload":"x"}"#);
         assert_eq!((row.id, row.message_id.as_deref(), row.channel.as_str()), (3, Some("ab01"), "emp"));
-        assert!(deliverable(&row, 10));
-        let m = crate::message::Message::from_row(&row, 10).unwrap();
+        let m = Message::from_row(&row, 10).unwrap();
         assert_eq!((m.id.as_str(), m.data.get()), ("ab01", r#"{"message":"x"}"#));
         let bad = envelope_row(0, &[1], b"nope");
-        assert!(bad.defect.is_some() && !deliverable(&bad, 10));
+        assert!(bad.defect.is_some() && Message::from_row(&bad, 10).is_err());
         let big = envelope_row(0, &[1], br#"{"channel":"emp","payload":"0123456789A"}"#);
-        assert!(!deliverable(&big, 10));
+        assert!(Message::from_row(&big, 10).is_err());
+    }
+
+    /// The UTF-8 bytes UTL_I18N.STRING_TO_RAW(…, 'AL32UTF8') gives decode; the
+    /// same text in WE8MSWIN1252 bytes (what CAST_TO_RAW gave there) does not.
+    #[test]
+    fn envelopes_are_utf8_whatever_the_database_charset() {
+        let text = r#"{"channel":"emp","payload":"Zürich café 5 €","user":null}"#;
+        let env = decode_envelope(text.as_bytes()).unwrap();
+        assert_eq!(env.payload, "Zürich café 5 €");
+        let cp1252: Vec<u8> = text
+            .chars()
+            .map(|c| match c {
+                'ü' => 0xfc,
+                'é' => 0xe9,
+                '€' => 0x80,
+                c => c as u8,
+            })
+            .collect();
+        assert!(decode_envelope(&cp1252).unwrap_err().contains("not UTF-8"));
+        let install = include_str!("../../../sql/oracle/install.sql");
+        assert!(install.contains("UTL_I18N.STRING_TO_RAW(l_envelope.to_string, 'AL32UTF8')"));
+        assert!(!install.contains("UTL_RAW.CAST_TO_RAW(l_envelope"));
+    }
+
+    /// The age of a message is right whether AQ gave its enqueue time in the database's local time or in UTC.
+    #[test]
+    fn message_age_under_both_time_readings() {
+        let now = 1_800_000_000.0;
+        // The database's clock is 0.5 s ahead of ours; its zone is UTC+2.
+        let clock = DbClock { local_ahead: 7200.5, utc_ahead: 0.5 };
+        let db_utc = now + 0.5;
+        // Enqueued 3 s ago, read as UTC or as the local time.
+        assert!((clock.age_seconds(db_utc - 3.0, now) - 3.0).abs() < 1e-6);
+        assert!((clock.age_seconds(db_utc + 7200.0 - 3.0, now) - 3.0).abs() < 1e-6);
+        // A zone west of UTC (UTC-5).
+        let west = DbClock { local_ahead: -18_000.0, utc_ahead: 0.0 };
+        assert!((west.age_seconds(now - 2.0, now) - 2.0).abs() < 1e-6);
+        assert!((west.age_seconds(now - 18_000.0 - 2.0, now) - 2.0).abs() < 1e-6);
+        // Jitter into the future is no age.
+        assert_eq!(DbClock { local_ahead: 0.0, utc_ahead: 0.0 }.age_seconds(now + 1.0, now), 0.0);
+    }
+
+    /// Zone-less timestamps convert to epoch seconds.
+    #[test]
+    fn timestamps_to_epoch_seconds() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 30), 20_787);
+        let t = Timestamp::new(2026, 11, 30, 1, 2, 3, 500_000_000).unwrap();
+        assert_eq!(naive_epoch_seconds(&t), 20_787.0 * 86_400.0 + 3723.5);
+    }
+
+    /// The SQL names what the install script defines.
+    #[test]
+    fn sql_matches_the_install_script() {
+        let install = include_str!("../../../sql/oracle/install.sql");
+        for needle in [
+            "PROCEDURE dead_letter_aq(p_msgid IN RAW, p_payload IN RAW, p_reason IN VARCHAR2)",
+            "FUNCTION exception_queue_count RETURN NUMBER",
+            "FUNCTION publish_aq_id(p_channel IN VARCHAR2, p_payload IN VARCHAR2, p_user IN VARCHAR2 DEFAULT NULL) RETURN RAW",
+            "CREATE TABLE orapush_aq_dead_letter",
+        ] {
+            assert!(install.contains(needle), "install.sql lacks {needle:?}");
+        }
+        assert_eq!(DEAD_LETTER_SQL, "BEGIN ORAPUSH.DEAD_LETTER_AQ(:1, :2, :3); END;");
     }
 }

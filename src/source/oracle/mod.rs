@@ -3,31 +3,43 @@
 //! kept thin (SQL text, driver calls, error classes); the drain algorithm is
 //! [`crate::source::drain`], the one PostgreSQL proves live.
 //!
-//! - Connections come from the `oracle` crate's native (OCI session) pool,
-//!   one session per drainer, with a ping interval and a call timeout on
-//!   every round trip. Not r2d2: its `get()` retries failed logins in the
-//!   background until its timeout, and a retried ORA-01017 locks accounts.
-//! - One active drainer per outbox or queue: the drainer's session takes an
-//!   exclusive DBMS_LOCK lock through `ORAPUSH.TRY_LOCK_DRAINER`. Oracle
-//!   releases it when the session ends (crash, kill, network loss), so a
-//!   standby takes over; a lease row would need clocks and renewals. When a
-//!   drainer drops its session after an error, the session is dropped from
-//!   the pool (not returned), so its lock goes with it.
+//! - Connections come from the `oracle` crate's native (OCI session) pool:
+//!   the drainer's session and, for the outbox, the wake-up waiter's, each
+//!   with a call timeout on every round trip. Not r2d2: its `get()` retries
+//!   failed logins in the background until its timeout, and a retried
+//!   ORA-01017 locks accounts.
+//! - Every session runs `ALTER SESSION SET CURRENT_SCHEMA = <oracle.schema>`
+//!   and names orapush's objects unqualified. `ORAPUSH.ORAPUSH.X` breaks when
+//!   the service logs in as the owner (the first `ORAPUSH` then resolves to
+//!   the package: PLS-00302); with the current schema set, `ORAPUSH.X`
+//!   resolves to the package for the owner and the service user alike.
+//! - One active drainer per outbox or queue: the drainer's session holds an
+//!   exclusive DBMS_LOCK lock ([`DrainLock`], `ORAPUSH.LOCK_DRAINER`). A
+//!   standby keeps its session and waits inside `DBMS_LOCK.REQUEST`
+//!   (`oracle.wait_ms` per call), so it takes over the moment the lock is
+//!   free, without a logon per try. Oracle frees the lock when the holding
+//!   session ends: at once when the session is killed, its process exits or
+//!   its connection is closed; after a host loss or a network partition only
+//!   once the server notices the dead connection (Dead Connection Detection,
+//!   `SQLNET.EXPIRE_TIME` in the server's sqlnet.ora, off by default: see
+//!   the README). A drainer that drops its session after an error drops it
+//!   from the pool (not back into it), so its lock goes with it.
 //! - Errors are classified on their DPI and ORA codes ([`classify_codes`]):
 //!   dead sessions reconnect with backoff, contention retries, and
-//!   configuration errors (no Instant Client, bad password, locked account,
-//!   missing objects or grants) stop orapush at once with the fix. A bad
-//!   password is never retried: that locks accounts.
+//!   configuration errors (no Instant Client, bad or empty password, locked
+//!   account, a connect string that does not resolve, missing or invalid
+//!   objects or grants) stop orapush at once with the fix. A bad password is
+//!   never retried: that locks accounts.
 
 pub mod aq;
 pub mod outbox;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oracle::pool::{GetMode, Pool, PoolBuilder};
 use oracle::Connection;
 
-use super::SourceError;
+use super::{ErrorClass, SourceError};
 use crate::config::OracleSettings;
 
 /// What to do about an Oracle error.
@@ -35,10 +47,14 @@ use crate::config::OracleSettings;
 pub enum OracleClass {
     /// No Instant Client library (DPI-1047).
     ClientMissing,
-    /// Bad credentials or a locked/expired account: never retried.
+    /// Bad or empty credentials, or a locked/expired account: never retried.
     Login,
-    /// orapush's objects or grants are missing.
+    /// The connect string names no database that can be found.
+    Address,
+    /// orapush's objects or grants are missing or invalid.
     Setup,
+    /// The queue has several consumers and `oracle.consumer_name` is not set.
+    ConsumerName,
     /// The session is dead or the call timed out: drop it, reconnect with backoff.
     Reconnect,
     /// Contention or anything else: roll back and retry with backoff.
@@ -53,11 +69,18 @@ pub fn classify_codes(dpi: Option<i32>, ora: Option<i32>) -> OracleClass {
         // Dead session (ODPI-C rewrites ORA-03113 & co. to DPI-1080, then
         // DPI-1010 on every later call) or a call timeout (DPI-1067).
         (Some(1080 | 1010 | 1067), _) => OracleClass::Reconnect,
-        (_, Some(1017 | 28000 | 28001 | 1045)) => OracleClass::Login,
+        // 1005 empty password, 1017 bad credentials, 28000 locked, 28001
+        // expired, 1045 no CREATE SESSION.
+        (_, Some(1005 | 1017 | 28000 | 28001 | 1045)) => OracleClass::Login,
+        // 12154 alias not resolved, 12545 host unknown: the connect string.
+        (_, Some(12154 | 12545)) => OracleClass::Address,
         // 942 table/view, 4043 object, 6550 PL/SQL (PLS-00201: package or
-        // grant missing), 1031 privileges, 24010 queue missing, 25226 queue
-        // not enabled for dequeue, 24033 no recipients.
-        (_, Some(942 | 4043 | 6550 | 1031 | 24010 | 25226 | 24033)) => OracleClass::Setup,
+        // grant missing; PLS-00302: a component missing, an old install),
+        // 1031 privileges, 24010 queue missing, 25226 queue not enabled for
+        // dequeue, 24033 no recipients, 4063 and 6508 a package that
+        // compiled with errors or is invalid.
+        (_, Some(942 | 4043 | 6550 | 1031 | 24010 | 25226 | 24033 | 4063 | 6508)) => OracleClass::Setup,
+        (_, Some(25231)) => OracleClass::ConsumerName,
         (
             _,
             Some(
@@ -65,7 +88,8 @@ pub fn classify_codes(dpi: Option<i32>, ora: Option<i32>) -> OracleClass {
                 | 12514 | 12537 | 12541 | 12547 | 12570 | 12571,
             ),
         ) => OracleClass::Reconnect,
-        // 54 busy, 30006 wait expired, 60 deadlock, 8177 serialisation: retry.
+        // 54 busy, 30006 wait expired, 60 deadlock, 8177 serialisation,
+        // 25263 (a dequeue by id of a message that is gone): retry.
         _ => OracleClass::Retry,
     }
 }
@@ -102,11 +126,22 @@ pub fn classify(e: &oracle::Error, settings: &OracleSettings, what: &str) -> Sou
             "Oracle refused the login of `oracle.user` at `oracle.connect_string` ({target}): {e}. \
              Fix oracle.user / oracle.password (not retried: retries lock accounts)"
         )),
+        OracleClass::Address => SourceError::fatal(format!(
+            "`oracle.connect_string` ({}) names no database orapush can find: {e}. \
+             Use Easy Connect (//host:1521/SERVICE), or a TNS alias defined in the tnsnames.ora \
+             of TNS_ADMIN, and check that the host name resolves",
+            settings.connect_string
+        )),
         OracleClass::Setup => SourceError::fatal(format!(
-            "Oracle objects or grants are missing for {target} while trying to {what}: {e}. \
-             Run sql/oracle/grants.sql as a DBA and sql/oracle/install.sql as the schema owner \
-             (oracle.schema = {})",
+            "Oracle objects or grants of schema {} are missing or invalid for {target} while trying \
+             to {what}: {e}. Run sql/oracle/grants.sql as a DBA and sql/oracle/install.sql as the \
+             schema owner (it stops on compilation errors), then check oracle.schema",
             settings.schema
+        )),
+        OracleClass::ConsumerName => SourceError::fatal(format!(
+            "queue {} has several consumers (ORA-25231): set oracle.consumer_name to the \
+             subscriber orapush dequeues as: {e}",
+            settings.qualified_queue()
         )),
         OracleClass::Reconnect | OracleClass::Retry => {
             SourceError::transient(format!("Oracle error during {what} at {target}: {e}"))
@@ -114,17 +149,23 @@ pub fn classify(e: &oracle::Error, settings: &OracleSettings, what: &str) -> Sou
     }
 }
 
-/// Hands out the drainer's session from a one-session native pool, built on
-/// first use (a failed build is retried on the next call).
+/// Sessions for one source, from a small native pool built on first use (a
+/// failed build is retried on the next call): the drainer's session, the
+/// outbox's wake-up waiter, and the standby session kept between tries.
 pub struct SessionSource {
     settings: OracleSettings,
     pool: Option<Pool>,
     action: &'static str,
+    /// A standby's session, kept to wait for the drain lock again.
+    standby: Option<Connection>,
 }
 
 impl SessionSource {
+    /// The drainer's session plus the wake-up waiter's.
+    const SESSIONS: u32 = 2;
+
     pub fn new(settings: &OracleSettings, action: &'static str) -> Self {
-        Self { settings: settings.clone(), pool: None, action }
+        Self { settings: settings.clone(), pool: None, action, standby: None }
     }
 
     pub fn settings(&self) -> &OracleSettings {
@@ -143,7 +184,7 @@ impl SessionSource {
             let wait = Duration::from_millis(s.call_timeout_ms);
             let pool = PoolBuilder::new(s.user.as_str(), s.password.expose(), s.connect_string.as_str())
                 .min_connections(1)
-                .max_connections(1)
+                .max_connections(Self::SESSIONS)
                 .get_mode(GetMode::TimedWait(wait))
                 .ping_interval(Some(Duration::from_secs(60)))
                 .and_then(|b| b.build())
@@ -153,10 +194,16 @@ impl SessionSource {
         Ok(self.pool.as_ref().expect("built above"))
     }
 
-    /// A session with the call timeout set and tagged for `v$session`.
+    /// The session to drain with: the standby's kept one, or a new one.
     pub fn session(&mut self) -> Result<Connection, SourceError> {
-        let action = self.action;
-        let timeout = Duration::from_millis(self.settings.call_timeout_ms);
+        match self.standby.take() {
+            Some(conn) => Ok(conn),
+            None => self.new_session(self.action),
+        }
+    }
+
+    /// A fresh session tagged with `action` (for `v$session`).
+    pub fn new_session(&mut self, action: &'static str) -> Result<Connection, SourceError> {
         let conn = match self.pool()?.get() {
             Ok(conn) => conn,
             Err(e) => {
@@ -165,27 +212,121 @@ impl SessionSource {
                 return Err(classify(&e, &self.settings, "get a session"));
             }
         };
-        let tag = || -> oracle::Result<()> {
-            conn.set_call_timeout(Some(timeout))?;
-            conn.set_module("orapush")?;
-            conn.set_action(action)
-        };
-        tag().map_err(|e| classify(&e, &self.settings, "set up the session"))?;
+        prepare_session(&conn, &self.settings, action)
+            .map_err(|e| classify(&e, &self.settings, "set up the session"))?;
         Ok(conn)
+    }
+
+    /// Another handle on the same pool (no standby session), for a second
+    /// session of the same source: the outbox's wake-up waiter.
+    pub fn sibling(&self, action: &'static str) -> SessionSource {
+        SessionSource { settings: self.settings.clone(), pool: self.pool.clone(), action, standby: None }
+    }
+
+    /// Keeps a standby's session for its next wait on the drain lock.
+    pub fn keep_for_standby(&mut self, conn: Connection) {
+        self.standby = Some(conn);
     }
 }
 
-/// Takes the drain lock `name` for this session, or answers Standby.
-pub fn take_drain_lock(conn: &Connection, settings: &OracleSettings, name: &str) -> Result<(), SourceError> {
-    let sql = format!("BEGIN :1 := {}.ORAPUSH.TRY_LOCK_DRAINER(:2); END;", settings.schema);
+/// The SQL every orapush session runs first (one round trip).
+pub fn current_schema_sql(schema: &str) -> String {
+    format!("ALTER SESSION SET CURRENT_SCHEMA = {}", schema.to_uppercase())
+}
+
+/// Call timeout, `v$session` tags, and the schema orapush's names resolve in.
+fn prepare_session(conn: &Connection, settings: &OracleSettings, action: &str) -> oracle::Result<()> {
+    conn.set_call_timeout(Some(Duration::from_millis(settings.call_timeout_ms)))?;
+    conn.set_module("orapush")?;
+    conn.set_action(action)?;
+    // The schema is checked to be a plain identifier by the configuration.
+    conn.execute(&current_schema_sql(&settings.schema), &[])?;
+    Ok(())
+}
+
+/// Whole seconds of one server-side wait: `wait_ms` rounded down, at least 1
+/// (the configuration keeps it at least 1 s below the call timeout).
+pub fn wait_seconds(wait_ms: u64) -> i64 {
+    (wait_ms / 1000).max(1) as i64
+}
+
+/// The name of the drain lock of an outbox table or queue, `SCHEMA.OBJECT`
+/// (upper-cased: `orapush` and `ORAPUSH` are one drainer).
+pub fn drain_lock_name(qualified_object: &str) -> String {
+    format!("orapush:{}", qualified_object.to_uppercase())
+}
+
+/// The single-drainer lock, held by the drainer's session.
+#[derive(Debug)]
+pub struct DrainLock {
+    name: String,
+    /// When the lock name's allocation was last refreshed.
+    refreshed: Instant,
+}
+
+impl DrainLock {
+    /// The SQL of one request: `:1` status out, `:2` name, `:3` wait seconds.
+    pub const SQL: &'static str = "BEGIN :1 := ORAPUSH.LOCK_DRAINER(:2, :3); END;";
+    /// DBMS_LOCK forgets names allocated more than 10 days ago; a name
+    /// forgotten while held would let a second drainer in. Refreshing it
+    /// well within that keeps it.
+    pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+
+    /// Takes the lock `name` on `conn`, waiting up to `oracle.wait_ms` in the
+    /// database. A standby keeps its session in `sessions` for the next wait
+    /// and answers Standby at once (it already waited); any other failure
+    /// drops the session.
+    pub fn take(
+        conn: Connection,
+        sessions: &mut SessionSource,
+        name: String,
+    ) -> Result<(Connection, DrainLock), SourceError> {
+        let settings = sessions.settings().clone();
+        let wait = wait_seconds(settings.wait_ms);
+        match request(&conn, &settings, &name, wait) {
+            Ok(()) => Ok((conn, DrainLock { name, refreshed: Instant::now() })),
+            Err(e) if e.class == ErrorClass::Standby => {
+                sessions.keep_for_standby(conn);
+                Err(SourceError::standby_after_wait(e.message))
+            }
+            Err(e) => {
+                drop_session(&conn);
+                Err(e)
+            }
+        }
+    }
+
+    /// Refreshes the name's allocation when due, and checks that this
+    /// session still holds the lock (answer 4); Standby when it does not.
+    pub fn refresh_if_due(
+        &mut self,
+        conn: &Connection,
+        settings: &OracleSettings,
+    ) -> Result<(), SourceError> {
+        if self.refreshed.elapsed() < Self::REFRESH_EVERY {
+            return Ok(());
+        }
+        request(conn, settings, &self.name, 0)?;
+        self.refreshed = Instant::now();
+        Ok(())
+    }
+}
+
+fn request(
+    conn: &Connection,
+    settings: &OracleSettings,
+    name: &str,
+    wait_seconds: i64,
+) -> Result<(), SourceError> {
     let stmt = conn
-        .execute(&sql, &[&oracle::sql_type::OracleType::Number(0, 0), &name])
+        .execute(DrainLock::SQL, &[&oracle::sql_type::OracleType::Number(0, 0), &name, &wait_seconds])
         .map_err(|e| classify(&e, settings, "take the drain lock"))?;
     let status: i32 = stmt.bind_value(1).map_err(|e| classify(&e, settings, "read the drain lock status"))?;
     lock_outcome(status, name)
 }
 
-/// DBMS_LOCK.REQUEST's answer: 0 granted, 4 already ours, 1 held elsewhere.
+/// DBMS_LOCK.REQUEST's answer: 0 granted, 4 already ours, 1 held elsewhere
+/// (the wait timed out).
 pub fn lock_outcome(status: i32, name: &str) -> Result<(), SourceError> {
     match status {
         0 | 4 => Ok(()),
@@ -195,6 +336,7 @@ pub fn lock_outcome(status: i32, name: &str) -> Result<(), SourceError> {
 }
 
 /// Ends a drainer's session for good, so the DBMS_LOCK lock goes with it.
+/// The rollback undoes a claim in hand (rows stay in the outbox).
 pub fn drop_session(conn: &Connection) {
     let _ = conn.rollback();
     let _ = conn.close_with_mode(oracle::conn::CloseMode::Drop);
@@ -203,6 +345,18 @@ pub fn drop_session(conn: &Connection) {
 /// Lower-case hex of raw bytes (AQ message ids).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads Instant Client the way the sources will (`orapush check-client`,
+/// and the Docker image's build check): its version, or the DPI-1047 fix.
+pub fn check_client(settings: &OracleSettings) -> Result<String, SourceError> {
+    let mut params = oracle::InitParams::new();
+    if let Some(dir) = &settings.client_lib_dir {
+        params.oracle_client_lib_dir(dir).map_err(|e| classify(&e, settings, "set oracle.client_lib_dir"))?;
+    }
+    params.init().map_err(|e| classify(&e, settings, "load Instant Client"))?;
+    let version = oracle::Version::client().map_err(|e| classify(&e, settings, "load Instant Client"))?;
+    Ok(version.to_string())
 }
 
 #[cfg(test)]
@@ -231,6 +385,13 @@ mod tests {
             (None, Some(942), Setup),
             (None, Some(6550), Setup),
             (None, Some(24010), Setup),
+            (None, Some(1005), Login),
+            (None, Some(12154), Address),
+            (None, Some(12545), Address),
+            (None, Some(4063), Setup),
+            (None, Some(6508), Setup),
+            (None, Some(25231), ConsumerName),
+            (None, Some(25263), Retry),
             (None, Some(54), Retry),
             (None, Some(60), Retry),
             (None, Some(30006), Retry),
@@ -274,6 +435,57 @@ mod tests {
         assert!(lock_outcome(4, "l").is_ok());
         assert_eq!(lock_outcome(1, "l").unwrap_err().class, crate::source::ErrorClass::Standby);
         assert_eq!(lock_outcome(2, "l").unwrap_err().class, crate::source::ErrorClass::Transient);
+    }
+
+    /// Setup-class errors stop orapush with the fix, naming the key or the script.
+    #[test]
+    fn setup_errors_say_the_fix() {
+        let settings = OracleSettings { queue: "jobs".into(), ..OracleSettings::default() };
+        let cases = [
+            ("ORA-12154: TNS:could not resolve the connect identifier specified", "oracle.connect_string"),
+            ("ORA-12545: Connect failed because target host or object does not exist", "resolves"),
+            ("ORA-04063: package body \"ORAPUSH.ORAPUSH\" has errors", "install.sql"),
+            ("ORA-06508: PL/SQL: could not find program unit being called", "install.sql"),
+            ("ORA-25231: cannot dequeue because CONSUMER_NAME not specified", "oracle.consumer_name"),
+            ("ORA-01005: null password given; logon denied", "oracle.password"),
+        ];
+        for (text, fix) in cases {
+            let e = oracle::Error::new(oracle::ErrorKind::OciError, text);
+            let err = classify(&e, &settings, "claim");
+            assert!(err.is_fatal(), "{text}");
+            assert!(err.message.contains(fix), "{text}: {err}");
+        }
+        let e = oracle::Error::new(oracle::ErrorKind::OciError, "ORA-25231: x");
+        assert!(classify(&e, &settings, "dequeue").message.contains("ORAPUSH.JOBS"));
+    }
+
+    /// Lock names are upper-cased, so `orapush` and `ORAPUSH` are one drainer.
+    #[test]
+    fn lock_names_ignore_case() {
+        assert_eq!(drain_lock_name("orapush.orapush_outbox"), "orapush:ORAPUSH.ORAPUSH_OUTBOX");
+        assert_eq!(drain_lock_name("ORAPUSH.ORAPUSH_OUTBOX"), drain_lock_name("Orapush.Orapush_Outbox"));
+        // The SQL calls the package unqualified: CURRENT_SCHEMA resolves it
+        // for the owner and the service user alike (no ORAPUSH.ORAPUSH.X).
+        assert_eq!(DrainLock::SQL, "BEGIN :1 := ORAPUSH.LOCK_DRAINER(:2, :3); END;");
+        assert_eq!(current_schema_sql("app"), "ALTER SESSION SET CURRENT_SCHEMA = APP");
+        assert!(DrainLock::REFRESH_EVERY < Duration::from_secs(10 * 86_400));
+    }
+
+    /// Server-side waits are whole seconds, rounded down, at least one.
+    #[test]
+    fn waits_are_whole_seconds() {
+        assert_eq!(wait_seconds(1000), 1);
+        assert_eq!(wait_seconds(2999), 2);
+        assert_eq!(wait_seconds(9000), 9);
+    }
+
+    /// Without Instant Client (as on this project's machines) the check says how to install it.
+    #[test]
+    fn check_client_explains_a_missing_library() {
+        match check_client(&OracleSettings::default()) {
+            Ok(version) => assert!(!version.is_empty()),
+            Err(e) => assert!(e.is_fatal() && e.message.contains("DPI-1047"), "{e}"),
+        }
     }
 
     #[test]

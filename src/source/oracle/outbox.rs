@@ -5,46 +5,68 @@
 //! FOR UPDATE (ORA-02014) nor `ROWNUM <= n` with SKIP LOCKED (ROWNUM applies
 //! before the skip: it returns too few or no rows while work exists). With
 //! SKIP LOCKED rows are locked as they are fetched; the prefetch may lock a
-//! few more, which the commit releases.
+//! few more, which the commit releases. The `INDEX_ASC(o (id))` hint (an
+//! index named by its column, so any primary key name matches) makes the
+//! cursor walk the primary key in order and stop after one batch: without
+//! it the optimizer may full-scan and sort the whole backlog before it
+//! returns the first row.
 //!
 //! Complete: dead letters move through `ORAPUSH.DEAD_LETTER` (the package
 //! owns the dead-letter table, so the runtime user needs no INSERT grant),
 //! handed-over rows are deleted in one array DML, then commit. Autocommit is
 //! off in the driver; a dropped session rolls back.
+//!
+//! Wake-up: the install script's statement-level trigger on the outbox calls
+//! `DBMS_ALERT.SIGNAL`, which Oracle delivers when the inserting transaction
+//! commits (and drops on a rollback). A second session of orapush's waits in
+//! `ORAPUSH.WAIT_FOR_OUTBOX` (DBMS_ALERT.WAITONE, `oracle.wait_ms` per call)
+//! and ends the drainer's wait at once. WAITONE commits, which is why it
+//! never runs on the draining session. The session registers for the alert
+//! before the first claim, so no commit falls between a claim and a wait
+//! unseen. The poll (`source.poll_interval_ms`, 5 s) stays as the fallback:
+//! when the waiter's session fails, or the trigger is disabled. The
+//! drainer's own deletes fire no insert trigger, so they never wake it.
+
+use std::time::{Duration, Instant};
 
 use oracle::Connection;
+use tracing::{debug, warn};
 
-use super::{classify, drop_session, take_drain_lock, SessionSource};
+use super::{classify, drain_lock_name, drop_session, wait_seconds, DrainLock, SessionSource};
 use crate::config::OracleSettings;
 use crate::message::{validate_channel, OutboxRow};
-use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError};
+use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
 
-/// SQL text for one schema (validated as a plain identifier by the config).
+/// SQL text. Names are unqualified: every session sets CURRENT_SCHEMA to
+/// `oracle.schema` (see the module doc of [`super`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxSql {
     pub claim: String,
     pub delete: String,
     pub dead_letter: String,
     pub publish: String,
+    /// `:1` status out (0 an alert came, 1 timed out), `:2` wait seconds.
+    pub wait: String,
     pub lock_name: String,
 }
 
 impl OutboxSql {
     pub fn new(schema: &str) -> Self {
         // Seconds since created_at, with fractions, from an INTERVAL DAY TO SECOND.
-        let age = "(EXTRACT(DAY FROM (SYSTIMESTAMP - created_at)) * 86400 \
-                   + EXTRACT(HOUR FROM (SYSTIMESTAMP - created_at)) * 3600 \
-                   + EXTRACT(MINUTE FROM (SYSTIMESTAMP - created_at)) * 60 \
-                   + EXTRACT(SECOND FROM (SYSTIMESTAMP - created_at)))";
+        let age = "(EXTRACT(DAY FROM (SYSTIMESTAMP - o.created_at)) * 86400 \
+                   + EXTRACT(HOUR FROM (SYSTIMESTAMP - o.created_at)) * 3600 \
+                   + EXTRACT(MINUTE FROM (SYSTIMESTAMP - o.created_at)) * 60 \
+                   + EXTRACT(SECOND FROM (SYSTIMESTAMP - o.created_at)))";
         Self {
             claim: format!(
-                "SELECT id, channel, payload, target_user, {age} FROM {schema}.ORAPUSH_OUTBOX \
-                 ORDER BY id FOR UPDATE SKIP LOCKED"
+                "SELECT /*+ INDEX_ASC(o (id)) */ o.id, o.channel, o.payload, o.target_user, {age} \
+                 FROM ORAPUSH_OUTBOX o ORDER BY o.id FOR UPDATE SKIP LOCKED"
             ),
-            delete: format!("DELETE FROM {schema}.ORAPUSH_OUTBOX WHERE id = :1"),
-            dead_letter: format!("BEGIN {schema}.ORAPUSH.DEAD_LETTER(:1, :2); END;"),
-            publish: format!("BEGIN :1 := {schema}.ORAPUSH.PUBLISH_ID(:2, :3, :4); END;"),
-            lock_name: format!("orapush:{schema}.ORAPUSH_OUTBOX"),
+            delete: "DELETE FROM ORAPUSH_OUTBOX WHERE id = :1".into(),
+            dead_letter: "BEGIN ORAPUSH.DEAD_LETTER(:1, :2); END;".into(),
+            publish: "BEGIN :1 := ORAPUSH.PUBLISH_ID(:2, :3, :4); END;".into(),
+            wait: "BEGIN :1 := ORAPUSH.WAIT_FOR_OUTBOX(:2); END;".into(),
+            lock_name: drain_lock_name(&format!("{schema}.ORAPUSH_OUTBOX")),
         }
     }
 }
@@ -53,31 +75,67 @@ pub struct OracleOutbox {
     conn: Connection,
     settings: OracleSettings,
     sql: OutboxSql,
-    drains: bool,
+    /// Held while draining; None for a publisher.
+    lock: Option<DrainLock>,
+    /// The wake-up waiter's own session and the way to open another.
+    waiter: Option<Connection>,
+    waiter_sessions: Option<SessionSource>,
 }
 
 impl OracleOutbox {
-    /// A session that drains: it holds the outbox's drain lock (or Standby).
+    /// A session that drains: it holds the outbox's drain lock (or Standby,
+    /// after waiting `oracle.wait_ms` for it), plus the wake-up waiter.
     pub fn connect(sessions: &mut SessionSource) -> Result<Self, SourceError> {
         let settings = sessions.settings().clone();
-        let conn = sessions.session()?;
         let sql = OutboxSql::new(&settings.schema);
-        if let Err(e) = take_drain_lock(&conn, &settings, &sql.lock_name) {
-            drop_session(&conn);
-            return Err(e);
-        }
-        Ok(Self { conn, settings, sql, drains: true })
+        let conn = sessions.session()?;
+        let (conn, lock) = DrainLock::take(conn, sessions, sql.lock_name.clone())?;
+        let mut store = Self {
+            conn,
+            settings,
+            sql,
+            lock: Some(lock),
+            waiter: None,
+            waiter_sessions: Some(sessions.sibling("wake-up")),
+        };
+        store.waiter = store.open_waiter();
+        Ok(store)
     }
 
     /// A session that only publishes (`orapush publish`): no lock.
     pub fn connect_publisher(settings: &OracleSettings) -> Result<Self, SourceError> {
         let mut sessions = SessionSource::new(settings, "publish");
         let conn = sessions.session()?;
-        Ok(Self { conn, settings: settings.clone(), sql: OutboxSql::new(&settings.schema), drains: false })
+        Ok(Self {
+            conn,
+            settings: settings.clone(),
+            sql: OutboxSql::new(&settings.schema),
+            lock: None,
+            waiter: None,
+            waiter_sessions: None,
+        })
     }
 
     fn error(&self, e: &oracle::Error, what: &str) -> SourceError {
         classify(e, &self.settings, what)
+    }
+
+    /// Opens the waiter's session and registers it for the alert (a wait of
+    /// 0 s). None when that fails: the poll then serves alone.
+    fn open_waiter(&mut self) -> Option<Connection> {
+        let sessions = self.waiter_sessions.as_mut()?;
+        let opened = sessions.new_session("wake-up").and_then(|conn| {
+            wait_for_alert(&conn, &self.sql.wait, 0)
+                .map_err(|e| classify(&e, &self.settings, "register for the outbox alert"))?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                warn!(error = %e, "no commit-time wake-up; polling every source.poll_interval_ms");
+                None
+            }
+        }
     }
 
     fn claim_rows(&self, limit: usize) -> oracle::Result<Vec<OutboxRow>> {
@@ -101,16 +159,29 @@ impl OracleOutbox {
     }
 }
 
+/// One `ORAPUSH.WAIT_FOR_OUTBOX` call: true when an alert came.
+fn wait_for_alert(conn: &Connection, sql: &str, seconds: i64) -> oracle::Result<bool> {
+    let stmt = conn.execute(sql, &[&oracle::sql_type::OracleType::Number(0, 0), &seconds])?;
+    let status: i32 = stmt.bind_value(1)?;
+    Ok(status == 0)
+}
+
 impl Drop for OracleOutbox {
     fn drop(&mut self) {
-        if self.drains {
+        if self.lock.is_some() {
             drop_session(&self.conn);
+        }
+        if let Some(waiter) = self.waiter.take() {
+            drop_session(&waiter);
         }
     }
 }
 
 impl OutboxStore for OracleOutbox {
     fn claim(&mut self, limit: usize) -> Result<Vec<OutboxRow>, SourceError> {
+        if let Some(lock) = self.lock.as_mut() {
+            lock.refresh_if_due(&self.conn, &self.settings)?;
+        }
         let rows = self.claim_rows(limit).map_err(|e| self.error(&e, "claim rows"))?;
         if rows.is_empty() {
             // Nothing locked, but end the transaction the SELECT began.
@@ -142,6 +213,46 @@ impl OutboxStore for OracleOutbox {
     fn abort(&mut self) {
         let _ = self.conn.rollback();
     }
+
+    /// Waits for the outbox alert in slices of `oracle.wait_ms` (so a stop
+    /// is seen within one slice), until `timeout` (the fallback poll).
+    fn wait_for_work(&mut self, timeout: Duration, stop: &Stopper) -> Result<(), SourceError> {
+        let deadline = Instant::now() + timeout;
+        let slice = wait_seconds(self.settings.wait_ms);
+        let mut reopened = false;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || stop.is_stopped() {
+                return Ok(());
+            }
+            let Some(waiter) = self.waiter.as_ref() else {
+                if reopened {
+                    // Still no waiter: the poll interval bounds the delay.
+                    stop.sleep(remaining);
+                    return Ok(());
+                }
+                reopened = true;
+                self.waiter = self.open_waiter();
+                if self.waiter.is_some() {
+                    // Alerts signalled while nobody was registered are gone: look now.
+                    return Ok(());
+                }
+                continue;
+            };
+            // Whole seconds, rounded up so a short remainder still waits.
+            let seconds = (remaining.as_millis().div_ceil(1000) as i64).clamp(1, slice);
+            match wait_for_alert(waiter, &self.sql.wait, seconds) {
+                Ok(true) => return Ok(()),
+                Ok(false) => continue,
+                Err(e) => {
+                    debug!(error = %e, "outbox wake-up session lost; reopening");
+                    if let Some(waiter) = self.waiter.take() {
+                        drop_session(&waiter);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Publisher for OracleOutbox {
@@ -164,24 +275,47 @@ impl Publisher for OracleOutbox {
 mod tests {
     use super::*;
 
-    /// The claim is an unlimited SKIP LOCKED cursor in id order, never FETCH FIRST or ROWNUM.
+    /// The claim walks the primary key in order with an unlimited SKIP LOCKED cursor, never FETCH FIRST or ROWNUM.
     #[test]
     fn claim_sql_avoids_the_oracle_pitfalls() {
         let sql = OutboxSql::new("ORAPUSH");
         let claim = sql.claim.to_uppercase();
-        assert!(claim.starts_with("SELECT ID, CHANNEL, PAYLOAD, TARGET_USER, "));
-        assert!(claim.contains("FROM ORAPUSH.ORAPUSH_OUTBOX ORDER BY ID FOR UPDATE SKIP LOCKED"));
+        assert!(
+            claim.starts_with("SELECT /*+ INDEX_ASC(O (ID)) */ O.ID, O.CHANNEL, O.PAYLOAD, O.TARGET_USER, ")
+        );
+        assert!(claim.contains("FROM ORAPUSH_OUTBOX O ORDER BY O.ID FOR UPDATE SKIP LOCKED"));
         assert!(!claim.contains("FETCH FIRST") && !claim.contains("ROWNUM"));
         assert!(claim.ends_with("SKIP LOCKED"));
     }
 
-    /// Deletes by id, dead letters and publishing go through the schema's objects.
+    /// Deletes by id, dead letters, publishing and the wake-up wait use unqualified names; the lock name is upper-case.
     #[test]
     fn complete_and_publish_sql() {
-        let sql = OutboxSql::new("APP");
-        assert_eq!(sql.delete, "DELETE FROM APP.ORAPUSH_OUTBOX WHERE id = :1");
-        assert_eq!(sql.dead_letter, "BEGIN APP.ORAPUSH.DEAD_LETTER(:1, :2); END;");
-        assert_eq!(sql.publish, "BEGIN :1 := APP.ORAPUSH.PUBLISH_ID(:2, :3, :4); END;");
+        let sql = OutboxSql::new("app");
+        assert_eq!(sql.delete, "DELETE FROM ORAPUSH_OUTBOX WHERE id = :1");
+        assert_eq!(sql.dead_letter, "BEGIN ORAPUSH.DEAD_LETTER(:1, :2); END;");
+        assert_eq!(sql.publish, "BEGIN :1 := ORAPUSH.PUBLISH_ID(:2, :3, :4); END;");
+        assert_eq!(sql.wait, "BEGIN :1 := ORAPUSH.WAIT_FOR_OUTBOX(:2); END;");
         assert_eq!(sql.lock_name, "orapush:APP.ORAPUSH_OUTBOX");
+        assert_eq!(sql.lock_name, OutboxSql::new("APP").lock_name);
+    }
+
+    /// The package the SQL calls defines what the SQL names, with the same arguments.
+    #[test]
+    fn sql_matches_the_install_script() {
+        let install = include_str!("../../../sql/oracle/install.sql");
+        for needle in [
+            "FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER",
+            "FUNCTION wait_for_outbox(p_wait_seconds IN NUMBER) RETURN NUMBER",
+            "PROCEDURE dead_letter(p_id IN NUMBER, p_reason IN VARCHAR2)",
+            "FUNCTION publish_id(p_channel IN VARCHAR2, p_payload IN CLOB, p_user IN VARCHAR2 DEFAULT NULL) RETURN NUMBER",
+            "DBMS_ALERT.SIGNAL(orapush.outbox_alert, NULL)",
+            "AFTER INSERT ON orapush_outbox\nBEGIN",
+            "DBMS_LOCK.ALLOCATE_UNIQUE_AUTONOMOUS(lockname => UPPER(p_name)",
+        ] {
+            assert!(install.contains(needle), "install.sql lacks {needle:?}");
+        }
+        // Statement level (no FOR EACH ROW): a bulk insert signals once.
+        assert!(!install.contains("FOR EACH ROW"));
     }
 }
