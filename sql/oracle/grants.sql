@@ -32,7 +32,7 @@ COLUMN owner_tablespace NEW_VALUE owner_tablespace NOPRINT
 SELECT NVL(UPPER(TRIM('&3')), 'USERS') AS owner_tablespace FROM dual;
 SET TERMOUT ON
 
--- FAILURE, not SQL.SQLCODE: an exit status is taken mod 256 (ORA-01536 would exit 0).
+-- FAILURE, not the ORA code as status: an exit status is taken mod 256 (ORA-01536 would exit 0).
 WHENEVER SQLERROR EXIT FAILURE
 WHENEVER OSERROR EXIT FAILURE
 

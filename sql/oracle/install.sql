@@ -9,8 +9,8 @@
 --
 -- It stops at the first error with a non-zero exit status, compilation
 -- errors included: SQL*Plus only warns "created with compilation errors",
--- so every compiled unit is checked in USER_ERRORS below. FAILURE, not
--- SQL.SQLCODE: an exit status is taken mod 256, so ORA-01536 would exit 0.
+-- so every compiled unit is checked in USER_ERRORS below. FAILURE, not the
+-- ORA code as status: an exit status is taken mod 256, so ORA-01536 would exit 0.
 SET DEFINE ON
 SET VERIFY OFF
 SET SERVEROUTPUT ON

@@ -488,6 +488,32 @@ mod tests {
         }
     }
 
+    /// The SQL*Plus scripts stop with a failure status on any error, compilation errors included.
+    #[test]
+    fn install_scripts_stop_on_errors() {
+        let install = include_str!("../../../sql/oracle/install.sql");
+        let grants = include_str!("../../../sql/oracle/grants.sql");
+        let uninstall = include_str!("../../../sql/oracle/uninstall.sql");
+        for (name, script) in [("install", install), ("grants", grants), ("uninstall", uninstall)] {
+            assert!(script.contains("WHENEVER SQLERROR EXIT FAILURE"), "{name}.sql");
+            // SQL.SQLCODE exits mod 256: ORA-01536 would exit 0.
+            assert!(!script.contains("SQL.SQLCODE"), "{name}.sql");
+        }
+        // Every compiled unit is followed by a USER_ERRORS check that raises.
+        let compiled = install.matches("CREATE OR REPLACE ").count();
+        assert_eq!(compiled, 3, "package, package body, trigger");
+        assert_eq!(install.matches("FROM user_errors").count(), compiled);
+        for unit in ["type = 'PACKAGE'", "type = 'PACKAGE BODY'", "type = 'TRIGGER'"] {
+            assert!(install.contains(unit), "no USER_ERRORS check for {unit}");
+        }
+        // The owner's tablespace is an argument, its default tablespace, and DBMS_ALERT is granted.
+        assert!(grants.contains("NVL(UPPER(TRIM('&3')), 'USERS')"));
+        assert!(
+            grants.contains("DEFAULT TABLESPACE &&owner_tablespace QUOTA UNLIMITED ON &&owner_tablespace")
+        );
+        assert!(grants.contains("GRANT EXECUTE ON SYS.DBMS_ALERT TO &&owner_user"));
+    }
+
     #[test]
     fn hex_of_message_ids() {
         assert_eq!(hex(&[0x0a, 0xff, 0x00]), "0aff00");
