@@ -8,6 +8,11 @@
 //!    messages fed through `POST /`, timed until every subscriber has all.
 //! 3. Insert→receive latency through the SQLite outbox at a fixed rate
 //!    (orapush only: the baselines have no outbox).
+//!
+//! With `--target-ws` it measures an orapush that is already running on
+//! Oracle instead (tests/compose/bench.sh, against the compose services):
+//! insert→browser latency and orapush's calls to the database while idle,
+//! or, with `--backlog N`, how fast a backlog of N rows drains.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -446,6 +451,11 @@ async fn pg_backlog(binary: &Path, url: &str, rows: u64) -> (f64, u64) {
 }
 
 fn main() {
+    // The compose bench's mode has options of its own (OracleArgs), so the
+    // local modes' required options stay required.
+    if std::env::args().any(|a| a == "--target-ws" || a.starts_with("--target-ws=")) {
+        return oracle_target(OracleArgs::parse());
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
@@ -524,6 +534,349 @@ fn main() {
         for rows in [100_000u64, args.backlog] {
             let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, rows).await;
             println!("- {rows} rows: {rate:.0} rows/s, peak RSS {:.1} MiB", peak as f64 / 1024.0);
+        }
+    });
+}
+
+// The compose bench (tests/compose/bench.sh): an orapush already running on
+// Oracle, reached over the compose network from the contract-tests image,
+// with rows inserted as the outbox owner through the `oracle` crate.
+
+/// Options of the `--target-ws` mode.
+#[derive(Parser)]
+struct OracleArgs {
+    /// WebSocket endpoint of the running orapush (plain ws://), e.g. ws://orapush:8080/ws.
+    #[arg(long)]
+    target_ws: String,
+    /// Connect string of the database orapush drains.
+    #[arg(long, default_value = "//oracle:1521/FREEPDB1")]
+    oracle: String,
+    /// Owner of the outbox: the bench inserts as this user.
+    #[arg(long, default_value = "orapush")]
+    owner: String,
+    #[arg(long, env = "ORAPUSH_BENCH_OWNER_PASSWORD", hide_env_values = true)]
+    owner_password: String,
+    /// SYSTEM's password, to read orapush's calls from V$SESSTAT while idle (skipped without it).
+    #[arg(long, env = "ORAPUSH_BENCH_SYSTEM_PASSWORD", hide_env_values = true)]
+    system_password: Option<String>,
+    /// The user orapush logs in as.
+    #[arg(long, default_value = "ORAPUSH_APP")]
+    service_user: String,
+    /// Count only sessions from this client host (V$SESSION.MACHINE, the
+    /// orapush container's hostname), so another orapush on the same
+    /// database (orapush-aq) is left out.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Rows per second for the latency measurement, each its own transaction.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Length of the idle window in which orapush's calls are counted.
+    #[arg(long, default_value_t = 30)]
+    idle_seconds: u64,
+    /// Backlog mode: hold the drain lock (orapush must be stopped), print
+    /// "LOCK HELD", wait for orapush to come up as a standby, fill the
+    /// outbox with this many rows, release the lock, and time the drain.
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// The drain lock the backlog mode holds while it fills the outbox.
+    #[arg(long, default_value = "orapush:ORAPUSH.ORAPUSH_OUTBOX")]
+    lock_name: String,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// host:port and path of a ws:// URL.
+fn split_ws_url(url: &str) -> (String, String) {
+    let rest =
+        url.strip_prefix("ws://").unwrap_or_else(|| panic!("--target-ws takes a ws:// URL, not {url}"));
+    let (authority, path) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, format!("/{path}")),
+        None => (rest, "/".to_string()),
+    };
+    let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    (authority, path)
+}
+
+/// A plain HTTP GET to host:port; the whole response ("" while nothing answers).
+fn http_get_at(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// Opens a WebSocket to the running orapush, subscribed to `channel`, past
+/// its subscription confirmation.
+async fn open_target(addr: &str, path: &str, channel: &str) -> Ws {
+    let stream =
+        tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("orapush at {addr}: {e}"));
+    let url = format!("ws://{addr}{path}?channel={channel}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let _ = ws.next().await;
+    ws
+}
+
+fn owner_connection(args: &OracleArgs) -> oracle::Connection {
+    oracle::Connection::connect(&args.owner, &args.owner_password, &args.oracle)
+        .unwrap_or_else(|e| panic!("log in as {} at {}: {e}", args.owner, args.oracle))
+}
+
+/// Inserts each payload into the outbox as the owner, committed by the same
+/// round trip (autocommit), like an application's INSERT and COMMIT.
+fn oracle_inserter(
+    connect: String,
+    user: String,
+    password: String,
+) -> impl FnOnce() -> Inserter + Send + 'static {
+    move || {
+        let mut conn =
+            oracle::Connection::connect(&user, &password, &connect).expect("log in as the outbox owner");
+        conn.set_autocommit(true);
+        Box::new(move |payload: &str| {
+            conn.execute("INSERT INTO orapush_outbox (channel, payload) VALUES ('lat', :1)", &[&payload])
+                .unwrap();
+        })
+    }
+}
+
+/// p50, p99 and max of a set of latencies.
+fn percentiles(mut latencies: Vec<f64>) -> (f64, f64, f64) {
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (pct(0.50), pct(0.99), latencies[latencies.len() - 1])
+}
+
+/// Insert→receive latency (ms) at `rate` rows/s through the running orapush.
+async fn target_latency(args: &OracleArgs, addr: &str, path: &str) -> (f64, f64, f64, usize) {
+    let mut ws = open_target(addr, path, "lat").await;
+    let (rate, total) = (args.rate, (args.rate * args.latency_seconds) as usize);
+    let inserter = oracle_inserter(args.oracle.clone(), args.owner.clone(), args.owner_password.clone());
+    let writer = std::thread::spawn(move || {
+        let mut insert = inserter();
+        let start = Instant::now();
+        for i in 0..total {
+            let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            insert(&format!(r#"{{"t":{}}}"#, now_micros()));
+        }
+    });
+    let mut latencies = Vec::with_capacity(total);
+    while latencies.len() < total {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("messages keep coming") {
+            Some(Ok(Message::Text(t))) => {
+                let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if let Some(sent) = f["data"]["t"].as_u64() {
+                    latencies.push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("latency socket ended: {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    let n = latencies.len();
+    let (p50, p99, max) = percentiles(latencies);
+    (p50, p99, max, n)
+}
+
+/// Per session of the service user: (module / action, user calls, executions).
+type SessionCalls = std::collections::BTreeMap<(i64, i64), (String, i64, i64)>;
+
+/// Reads the service user's sessions' call counters from V$SESSTAT.
+/// "user calls" are the client's calls (OCI round trips that do work);
+/// "execute count" adds the SQL that PL/SQL runs inside them.
+fn session_calls(conn: &oracle::Connection, user: &str, machine: Option<&str>) -> SessionCalls {
+    let mut sql = String::from(
+        "SELECT s.sid, s.serial#, NVL(s.module, '-') || ' / ' || NVL(s.action, '-'), \
+                SUM(DECODE(n.name, 'user calls', st.value, 0)), SUM(DECODE(n.name, 'execute count', st.value, 0)) \
+           FROM v$session s JOIN v$sesstat st ON st.sid = s.sid JOIN v$statname n ON n.statistic# = st.statistic# \
+          WHERE s.username = UPPER(:1) AND n.name IN ('user calls', 'execute count')",
+    );
+    let mut params: Vec<&dyn oracle::sql_type::ToSql> = vec![&user];
+    if let Some(machine) = &machine {
+        sql.push_str(" AND s.machine = :2");
+        params.push(machine);
+    }
+    sql.push_str(" GROUP BY s.sid, s.serial#, s.module, s.action");
+    let rows = conn.query_as::<(i64, i64, String, i64, i64)>(&sql, &params).expect("V$SESSTAT as SYSTEM");
+    rows.map(|row| {
+        let (sid, serial, what, calls, executions) = row.unwrap();
+        ((sid, serial), (what, calls, executions))
+    })
+    .collect()
+}
+
+/// orapush's calls per second over an idle window, per session.
+fn idle_calls(args: &OracleArgs, system_password: &str) {
+    let conn =
+        oracle::Connection::connect("system", system_password, &args.oracle).expect("log in as SYSTEM");
+    // Let the last deliveries' deletes and commits settle first.
+    std::thread::sleep(Duration::from_secs(3));
+    let machine = args.machine.as_deref();
+    let before = session_calls(&conn, &args.service_user, machine);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.idle_seconds));
+    let after = session_calls(&conn, &args.service_user, machine);
+    let seconds = started.elapsed().as_secs_f64();
+    // No session at all would read as "zero calls": say so instead.
+    assert!(
+        !after.is_empty(),
+        "no session of {} from {} in V$SESSION: is orapush running, and is --machine its host name?",
+        args.service_user,
+        machine.unwrap_or("any host")
+    );
+    println!(
+        "\n## Oracle outbox, idle for {seconds:.0} s: orapush's calls to the database (V$SESSTAT, user {})\n",
+        args.service_user
+    );
+    let (mut calls, mut executions) = (0, 0);
+    for (key, (what, c1, e1)) in &after {
+        let (c0, e0) = before.get(key).map_or((0, 0), |(_, c, e)| (*c, *e));
+        let new = if before.contains_key(key) { "" } else { " (logged on during the window)" };
+        println!(
+            "- sid {} ({what}): {:.2} user calls/s, {:.2} executions/s{new}",
+            key.0,
+            (c1 - c0) as f64 / seconds,
+            (e1 - e0) as f64 / seconds
+        );
+        calls += c1 - c0;
+        executions += e1 - e0;
+    }
+    let gone = before.keys().filter(|k| !after.contains_key(k)).count();
+    println!(
+        "- all: {:.2} user calls/s, {:.2} executions/s; sessions ended during the window: {gone}",
+        calls as f64 / seconds,
+        executions as f64 / seconds
+    );
+    println!("- target: nothing but the commit wake-up's wait (one call per 2 s) and the fallback poll (every 5 s)");
+}
+
+/// Takes the drain lock in a session of its own, retrying while it is busy.
+fn hold_drain_lock(args: &OracleArgs) -> oracle::Connection {
+    let conn = owner_connection(args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stmt = conn.statement("BEGIN :1 := orapush.try_lock_drainer(:2); END;").build().unwrap();
+        stmt.execute(&[&oracle::sql_type::OracleType::Int64, &args.lock_name])
+            .expect("orapush.try_lock_drainer");
+        let status: i64 = stmt.bind_value(1).unwrap();
+        match status {
+            0 | 4 => return conn,
+            1 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            1 => panic!("{} stays taken: stop orapush first (tests/compose/bench.sh does)", args.lock_name),
+            other => panic!("orapush.try_lock_drainer({}) returned {other}", args.lock_name),
+        }
+    }
+}
+
+/// Drains a backlog of `rows` rows through the running orapush: rows/s
+/// from the lock's release to the last message at a subscriber.
+async fn target_backlog(args: &OracleArgs, addr: &str, path: &str, rows: u64) {
+    // The bench holds the drain lock while orapush (re)starts, so orapush
+    // comes up as a standby: a subscriber can connect and the backlog can be
+    // filled before anything drains, and releasing the lock starts the
+    // drain at a known instant.
+    let lock = hold_drain_lock(args);
+    println!("LOCK HELD: start orapush now");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while http_get_at(addr, "/healthz").is_empty() {
+        assert!(Instant::now() < deadline, "orapush at {addr} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ws = open_target(addr, path, "backlog").await;
+
+    let filler = owner_connection(args);
+    filler.execute("DELETE FROM orapush_outbox WHERE channel = 'backlog'", &[]).unwrap();
+    let filled = Instant::now();
+    // One statement: the outbox trigger signals once, and the rows are
+    // numbered so the subscriber can check that it got each one.
+    filler
+        .execute(
+            "INSERT INTO orapush_outbox (channel, payload) \
+             SELECT 'backlog', '{\"n\":' || LEVEL || ',\"pad\":\"' || RPAD('x', 60, 'x') || '\"}' \
+               FROM dual CONNECT BY LEVEL <= :1",
+            &[&(rows as i64)],
+        )
+        .unwrap();
+    filler.commit().unwrap();
+    println!("filled {rows} rows in {:.1} s", filled.elapsed().as_secs_f64());
+
+    let reader = tokio::spawn(async move {
+        let mut seen = vec![false; rows as usize];
+        let (mut count, mut first) = (0u64, None);
+        while count < rows {
+            match tokio::time::timeout(Duration::from_secs(60), ws.next())
+                .await
+                .expect("messages keep coming")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if let Some(n) = f["data"]["n"].as_u64().filter(|n| (1..=rows).contains(n)) {
+                        first.get_or_insert_with(Instant::now);
+                        if !std::mem::replace(&mut seen[n as usize - 1], true) {
+                            count += 1;
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("backlog socket ended after {count} of {rows} rows: {other:?}"),
+            }
+        }
+        (first.unwrap(), Instant::now())
+    });
+    let released = Instant::now();
+    lock.close().expect("log off, releasing the drain lock");
+    let (first, last) = reader.await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = filler
+            .query_row_as("SELECT COUNT(*) FROM orapush_outbox WHERE channel = 'backlog'", &[])
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} backlog rows are still in the outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = last.duration_since(released).as_secs_f64();
+    println!("\n## Oracle outbox backlog drained to a subscriber (default configuration)\n");
+    println!(
+        "- {rows} rows: {:.0} rows/s ({total:.1} s from the drain lock's release to the last row at the \
+         subscriber; the standby took over and delivered the first row after {:.0} ms); the outbox ended empty",
+        rows as f64 / total,
+        first.duration_since(released).as_secs_f64() * 1000.0
+    );
+}
+
+/// The `--target-ws` mode.
+fn oracle_target(args: OracleArgs) {
+    let (addr, path) = split_ws_url(&args.target_ws);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        if let Some(rows) = args.backlog {
+            target_backlog(&args, &addr, &path, rows).await;
+            return;
+        }
+        let (p50, p99, max, n) = target_latency(&args, &addr, &path).await;
+        println!(
+            "\n## Insert→browser through the Oracle outbox at {} rows/s ({n} rows, each its own transaction, default configuration)\n\n\
+             - p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: p50 under 10 ms)",
+            args.rate
+        );
+        match &args.system_password {
+            Some(password) => idle_calls(&args, password),
+            None => println!("\n(idle calls not measured: no --system-password)"),
         }
     });
 }

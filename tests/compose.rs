@@ -1,8 +1,12 @@
 //! The compose environment, checked where Docker cannot run: the file is
 //! valid (`docker-compose config -q`, Debian's docker-compose, installed by
 //! scripts/setup.sh), the database's init scripts are the sql/oracle files
-//! themselves, and the end-to-end script is valid shell. tests/compose/e2e.sh
-//! runs the real thing wherever Docker is.
+//! themselves and stop on any error, the database turns Dead Connection
+//! Detection on, the image picks Instant Client by architecture and fails
+//! to build when it cannot load, the end-to-end script stops the compose
+//! drainers before the contract suite, and every script is valid shell.
+//! tests/compose/e2e.sh and tests/compose/bench.sh run the real thing
+//! wherever Docker is.
 
 use std::path::Path;
 use std::process::Command;
@@ -81,9 +85,189 @@ fn oracle_scripts_have_the_promised_shape() {
     assert!(read("sql/oracle/uninstall.sql").contains("DROP_QUEUE_TABLE"));
 }
 
-/// tests/compose/e2e.sh is valid bash.
+/// The compose scripts are valid bash: the end-to-end test, the bench, and
+/// the database's init and start scripts.
 #[test]
-fn e2e_script_parses() {
-    let out = Command::new("bash").arg("-n").arg(root().join("tests/compose/e2e.sh")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn compose_scripts_parse() {
+    let mut scripts = vec![root().join("tests/compose/e2e.sh"), root().join("tests/compose/bench.sh")];
+    for dir in ["docker/oracle-init", "docker/oracle-startdb"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            scripts.push(entry.unwrap().path());
+        }
+    }
+    for script in &scripts {
+        let out = Command::new("bash").arg("-n").arg(script).output().unwrap();
+        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The script's lines that are not comments, trimmed.
+fn code_lines(text: &str) -> Vec<&str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+}
+
+/// e2e.sh stops both compose drainers, and checks their drain locks are
+/// free, before the contract suite runs: they share its schema, queue and
+/// lock names, so while they run every drainer in the tests stands by and
+/// the live drainers take the tests' rows.
+#[test]
+fn e2e_stops_the_drainers_before_the_contract_suite() {
+    let script = read("tests/compose/e2e.sh");
+    assert!(script.contains("set -euo pipefail"));
+    let lines = code_lines(&script);
+    let position = |what: &str, found: &dyn Fn(&str) -> bool| {
+        let at: Vec<usize> = (0..lines.len()).filter(|&i| found(lines[i])).collect();
+        assert_eq!(at.len(), 1, "one {what} in e2e.sh, found at lines {at:?}");
+        at[0]
+    };
+    let stop = position("stop of both drainers", &|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.starts_with(&["compose", "stop"]) && words.contains(&"orapush") && words.contains(&"orapush-aq")
+    });
+    let outbox_lock = position("check of the outbox's drain lock", &|l| {
+        l.starts_with("expect_free('orapush:ORAPUSH.ORAPUSH_OUTBOX')")
+    });
+    let queue_lock = position("check of the queue's drain lock", &|l| {
+        l.starts_with("expect_free('orapush:ORAPUSH.ORAPUSH_Q')")
+    });
+    let run = position("docker run of the contract suite", &|l| l.starts_with("docker run"));
+    assert!(stop < outbox_lock && stop < queue_lock, "the locks are checked after the drainers stop");
+    assert!(outbox_lock < run && queue_lock < run, "the locks are checked before the contract suite");
+    // Nothing brings a drainer back between the stop and the suite.
+    for line in &lines[stop + 1..run] {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            !(words.first() == Some(&"compose") && ["start", "up", "restart"].contains(&words[1])),
+            "{line:?} between the stop and the contract suite"
+        );
+    }
+    // The suite's docker run: its image, and SYSTEM's password for ALTER SYSTEM KILL SESSION.
+    let run_command: String = lines[run..].iter().take_while(|l| !l.starts_with("step ")).copied().collect();
+    assert!(run_command.contains("orapush-contract-tests"), "{run_command}");
+    for env in [
+        "ORAPUSH_TEST_ORACLE=",
+        "ORAPUSH_TEST_ORACLE_OWNER_PASSWORD=",
+        "ORAPUSH_TEST_ORACLE_APP_PASSWORD=",
+        "ORAPUSH_TEST_ORACLE_SYSTEM_PASSWORD=\"$ORACLE_PASSWORD\"",
+    ] {
+        assert!(run_command.contains(env), "the contract suite gets no {env}");
+    }
+    // Every background job is waited for, with a failure on a non-zero status.
+    for line in lines.iter().filter(|l| l.starts_with("wait ")) {
+        assert!(line.contains("|| fail"), "{line:?} ignores a failure");
+    }
+}
+
+/// The init script stops at the first error with a non-zero status.
+#[test]
+fn init_script_stops_on_any_error() {
+    let init = read("docker/oracle-init/01-orapush.sh");
+    let sqlplus: Vec<&str> = code_lines(&init).into_iter().filter(|l| l.starts_with("sqlplus")).collect();
+    assert_eq!(sqlplus.len(), 2, "{sqlplus:?}");
+    for line in &sqlplus {
+        // -L: a refused login exits instead of reading the script as credentials.
+        assert!(line.starts_with("sqlplus -L "), "{line}");
+    }
+    assert_eq!(init.matches("WHENEVER SQLERROR EXIT FAILURE").count(), 2);
+    assert_eq!(init.matches("WHENEVER OSERROR EXIT FAILURE").count(), 2);
+    // SQL.SQLCODE is taken mod 256: ORA-01536 would exit 0.
+    assert!(!code_lines(&init).iter().any(|l| l.contains("SQL.SQLCODE")));
+    assert!(init.contains(
+        "@/opt/orapush-sql/grants.sql \"${ORAPUSH_OWNER_PASSWORD}\" \"${ORAPUSH_APP_PASSWORD}\" USERS\n"
+    ));
+    assert!(init.contains("set -euo pipefail"));
+}
+
+/// Executable, because gvenzl/oracle-free sources a non-executable .sh into
+/// its entrypoint's shell.
+fn assert_executable(path: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root().join(path)).unwrap().permissions().mode();
+    assert!(mode & 0o111 != 0, "{path} is not executable");
+}
+
+/// The database sets SQLNET.EXPIRE_TIME on every start, in the sqlnet.ora
+/// behind the image's link, idempotently: the script run twice on a copy of
+/// the image's file leaves one setting and keeps the link.
+#[test]
+fn database_turns_dead_connection_detection_on() {
+    let compose = read("docker-compose.yml");
+    assert!(compose.contains("- ./docker/oracle-startdb:/container-entrypoint-startdb.d:ro"));
+    assert!(compose.contains("ORAPUSH_SQLNET_EXPIRE_TIME: ${ORAPUSH_SQLNET_EXPIRE_TIME:-1}"));
+    let script = "docker/oracle-startdb/01-sqlnet-expire-time.sh";
+    assert_executable(script);
+    assert_executable("docker/oracle-init/01-orapush.sh");
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("network/admin")).unwrap();
+    let real = dir.path().join("dbconfig-sqlnet.ora");
+    // What the image writes (install.23.x.sh), plus an older setting.
+    std::fs::write(
+        &real,
+        "NAMES.DIRECTORY_PATH = (EZCONNECT, TNSNAMES)\nDISABLE_OOB=ON\nBREAK_POLL_SKIP=1000\nsqlnet.expire_time = 10\n",
+    )
+    .unwrap();
+    let link = home.join("network/admin/sqlnet.ora");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for minutes in [None, Some("1"), Some("3")] {
+        let mut cmd = Command::new(root().join(script));
+        cmd.env("ORACLE_BASE_HOME", &home).env_remove("ORAPUSH_SQLNET_EXPIRE_TIME");
+        if let Some(m) = minutes {
+            cmd.env("ORAPUSH_SQLNET_EXPIRE_TIME", m);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&real).unwrap();
+        let settings: Vec<&str> =
+            text.lines().filter(|l| l.to_uppercase().starts_with("SQLNET.EXPIRE_TIME")).collect();
+        assert_eq!(settings, vec![format!("SQLNET.EXPIRE_TIME = {}", minutes.unwrap_or("1"))], "{text}");
+        assert!(text.starts_with("NAMES.DIRECTORY_PATH = (EZCONNECT, TNSNAMES)\nDISABLE_OOB=ON\n"), "{text}");
+        assert_eq!(text.matches("# orapush:").count(), 1, "{text}");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    }
+    let out = Command::new(root().join(script))
+        .env("ORACLE_BASE_HOME", &home)
+        .env("ORAPUSH_SQLNET_EXPIRE_TIME", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a setting that is not a number of minutes is refused");
+}
+
+/// The image picks the Instant Client zip by the target architecture and
+/// fails to build, rather than to start, when the library cannot load.
+#[test]
+fn image_picks_instant_client_by_architecture() {
+    let dockerfile = read("Dockerfile");
+    for needle in [
+        "ARG TARGETARCH",
+        "ARG INSTANT_CLIENT_URL",
+        "amd64) zip=instantclient-basiclite-linuxx64.zip",
+        "arm64) zip=instantclient-basiclite-linux-arm64.zip",
+        "*) echo \"Oracle publishes no Instant Client",
+        "libaio1",
+    ] {
+        assert!(dockerfile.contains(needle), "the Dockerfile lacks {needle:?}");
+    }
+    let stage = |name: &str| {
+        let start = dockerfile.find(&format!(" AS {name}\n")).unwrap_or_else(|| panic!("no stage {name}"));
+        let rest = &dockerfile[start..];
+        rest[1..].find("\nFROM ").map_or(rest, |end| &rest[..end + 1])
+    };
+    let runtime = stage("runtime");
+    let binary =
+        runtime.find("COPY --from=build /src/target/release/orapush /usr/local/bin/orapush").unwrap();
+    let check = runtime.find("RUN orapush check-client").expect("the runtime image checks Instant Client");
+    assert!(binary < check);
+    let tests = stage("contract-tests");
+    for needle in [
+        "ldconfig -p | grep -q 'libclntsh\\.so'",
+        "ldd /opt/oracle/instantclient/libclntsh.so",
+        "grep 'not found'",
+        "check-client",
+    ] {
+        assert!(tests.contains(needle), "the contract-tests stage lacks {needle:?}");
+    }
+    // The compose bench runs in that image, already compiled.
+    assert!(tests.contains("cargo bench --locked --bench bridge --no-run"));
 }

@@ -11,7 +11,11 @@
 #    down, it restarts, and every row reaches the subscriber; the outbox ends
 #    empty.
 # 4. The contract suite (tests/contract.rs, Oracle part) runs against the
-#    same database with ORAPUSH_TEST_ORACLE set.
+#    same database with ORAPUSH_TEST_ORACLE set, after the compose drainers
+#    orapush and orapush-aq are stopped: they use the same schema, queue and
+#    drain-lock names, so while they run every drainer in the tests stands
+#    by and the live drainers take the tests' rows.
+# Every step ends the script with a non-zero status when it fails.
 # Everything is torn down at the end (docker compose down -v).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +23,9 @@ cd "$(dirname "$0")/../.."
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-orapush-e2e}"
 export ORAPUSH_OWNER_PASSWORD="${ORAPUSH_OWNER_PASSWORD:-orapush}"
 export ORAPUSH_APP_PASSWORD="${ORAPUSH_APP_PASSWORD:-orapush_app}"
+# SYS and SYSTEM's password (the compose file's default): the contract tests
+# kill sessions as SYSTEM.
+export ORACLE_PASSWORD="${ORACLE_PASSWORD:-orapush-sys}"
 work="$(mktemp -d)"
 
 compose() { docker compose --profile aq "$@"; }
@@ -34,17 +41,21 @@ trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-# Runs SQL*Plus input from stdin as the schema owner, failing on any error.
+# Runs SQL*Plus input from stdin as the schema owner, failing on any error
+# (-L: a refused login exits instead of reading the input as credentials).
 sql() {
   { echo "WHENEVER SQLERROR EXIT FAILURE"; echo "SET FEEDBACK OFF HEADING OFF PAGESIZE 0"; cat; echo "EXIT"; } |
-    compose exec -T oracle sqlplus -s "orapush/${ORAPUSH_OWNER_PASSWORD}@//localhost:1521/FREEPDB1"
+    compose exec -T oracle sqlplus -L -s "orapush/${ORAPUSH_OWNER_PASSWORD}@//localhost:1521/FREEPDB1"
 }
 
-# subscribe SERVICE CHANNEL COUNT OUTFILE: a background subscriber inside the service.
+# subscribe SERVICE CHANNEL COUNT OUTFILE: a background subscriber inside the
+# service; its pid is left in $subscriber for the caller's wait.
 subscribe() {
   compose exec -T "$1" orapush subscribe --channel "$2" --count "$3" --timeout-ms 180000 >"$4" 2>&1 &
+  subscriber=$!
   for _ in $(seq 1 120); do
     grep -q '"type":"subscribed"' "$4" && return 0
+    kill -0 "$subscriber" 2>/dev/null || fail "subscriber on $1 exited: $(cat "$4")"
     sleep 0.5
   done
   fail "subscriber on $1 never subscribed: $(cat "$4")"
@@ -62,7 +73,7 @@ publish_and_expect() {
 EXEC orapush.$2('emp', '{"message":"$3"}');
 COMMIT;
 SQL
-  wait $! || fail "no message on $1: $(cat "$out")"
+  wait "$subscriber" || fail "no message on $1: $(cat "$out")"
   grep -q "$3" "$out" || fail "wrong message on $1: $(cat "$out")"
 }
 
@@ -113,12 +124,13 @@ END;
 /
 SQL
 compose start orapush
+up=no
 for _ in $(seq 1 60); do
-  compose exec -T orapush curl -fsS -o /dev/null http://127.0.0.1:8080/healthz && break
+  if compose exec -T orapush curl -fsS -o /dev/null http://127.0.0.1:8080/healthz; then up=yes; break; fi
   sleep 1
 done
+[ "$up" = yes ] || fail "orapush did not come back after the restart"
 subscribe orapush crash 100 "$work/crash.out"
-subscriber=$!
 wait "$lock_holder" || fail "the lock holder failed: $(cat "$work/lock.out")"
 wait "$subscriber" || fail "not every row arrived after the restart: $(tail -5 "$work/crash.out")"
 received=$(grep -c '"channel":"crash"' "$work/crash.out" || true)
@@ -132,10 +144,37 @@ done
 
 step "contract suite against Oracle"
 docker build --target contract-tests -t orapush-contract-tests .
+# The compose drainers hold the drain locks the tests take (same schema,
+# queue and lock names): stop them (stop also keeps Docker's restart policy
+# from bringing them back), then check that both locks are free.
+compose stop orapush orapush-aq
+sql <<'SQL'
+DECLARE
+  l_status NUMBER;
+  PROCEDURE expect_free(p_name VARCHAR2) IS
+  BEGIN
+    -- A session that ended uncleanly may hold its lock a moment longer.
+    FOR attempt IN 1 .. 300 LOOP
+      l_status := orapush.try_lock_drainer(p_name);
+      EXIT WHEN l_status IN (0, 4);
+      DBMS_SESSION.SLEEP(0.1);
+    END LOOP;
+    IF l_status NOT IN (0, 4) THEN
+      RAISE_APPLICATION_ERROR(-20001, p_name || ' is still held after the drainers stopped: ' || l_status);
+    END IF;
+  END;
+BEGIN
+  expect_free('orapush:ORAPUSH.ORAPUSH_OUTBOX');
+  expect_free('orapush:ORAPUSH.ORAPUSH_Q');
+END;
+/
+SQL
+# (The locks this check took go with its session, at EXIT.)
 docker run --rm --network "${COMPOSE_PROJECT_NAME}_default" \
   -e ORAPUSH_TEST_ORACLE=//oracle:1521/FREEPDB1 \
   -e ORAPUSH_TEST_ORACLE_OWNER_PASSWORD="$ORAPUSH_OWNER_PASSWORD" \
   -e ORAPUSH_TEST_ORACLE_APP_PASSWORD="$ORAPUSH_APP_PASSWORD" \
+  -e ORAPUSH_TEST_ORACLE_SYSTEM_PASSWORD="$ORACLE_PASSWORD" \
   orapush-contract-tests
 
 step "all end-to-end checks passed"
