@@ -572,6 +572,8 @@ mod oracle_only {
             }
         }
         assert_eq!((handed.len(), dead.len()), (2, 1));
+        let good: Vec<&str> = handed.iter().map(|&i| rows[i as usize].payload.as_str()).collect();
+        assert_eq!(good, vec!["a", "b"]);
         store.complete(&handed, &dead).unwrap();
         assert!(drain_all(&mut store).is_empty(), "the batch was committed");
         assert_eq!(count(&owner, exceptions), exceptions_before);
@@ -693,12 +695,21 @@ mod oracle_only {
                 &[],
             )
             .unwrap();
+        // Taken over = the standby's session holds the drain lock (a UL lock
+        // in exclusive mode); the wake-up session it opens next is not part
+        // of the takeover.
+        let holds = "SELECT COUNT(*) FROM v$lock l JOIN v$session s ON s.sid = l.sid \
+                     WHERE l.type = 'UL' AND l.lmode = 6 AND s.action = 'contract standby'";
+        assert_eq!(count(&system, holds), 0);
         let killed_at = Instant::now();
         system.execute(&format!("ALTER SYSTEM KILL SESSION '{sid},{serial}' IMMEDIATE"), &[]).unwrap();
-        let at = took_over_at.recv_timeout(Duration::from_secs(30)).expect("the standby took over");
-        let store = standby.join().unwrap();
-        assert!(store.is_some());
-        let took = at.saturating_duration_since(killed_at);
+        while count(&system, holds) == 0 {
+            assert!(killed_at.elapsed() < Duration::from_secs(30), "the standby never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = killed_at.elapsed();
+        took_over_at.recv_timeout(Duration::from_secs(30)).expect("the standby's connect returned");
+        assert!(standby.join().unwrap().is_some());
         // standby_retry_ms defaults to 1000; the standby waits in the
         // database, so it is granted the lock as soon as Oracle frees it.
         assert!(took < Duration::from_millis(1000), "took over {took:?} after the kill");

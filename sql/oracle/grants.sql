@@ -51,7 +51,8 @@ END;
 /
 
 -- The owner creates its tables, package and queue.
-GRANT CREATE SESSION, CREATE TABLE, CREATE PROCEDURE, CREATE SEQUENCE TO &&owner_user;
+-- CREATE TRIGGER: the outbox's commit-time wake-up trigger.
+GRANT CREATE SESSION, CREATE TABLE, CREATE PROCEDURE, CREATE SEQUENCE, CREATE TRIGGER TO &&owner_user;
 ALTER USER &&owner_user DEFAULT TABLESPACE &&owner_tablespace QUOTA UNLIMITED ON &&owner_tablespace;
 -- Queue table and queue (install.sql), and PUBLISH_AQ's enqueue. Granted
 -- directly, not through a role: definer's-rights packages ignore roles.

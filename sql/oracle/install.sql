@@ -19,6 +19,38 @@ DEFINE app_user = ORAPUSH_APP
 WHENEVER SQLERROR EXIT FAILURE
 WHENEVER OSERROR EXIT FAILURE
 
+-- The DBMS_ALERT the outbox trigger signals, one per owner: alert names are
+-- database-wide, and signallers of one name wait for each other's commit,
+-- so two installs must not share one. At most 30 bytes.
+COLUMN outbox_alert NEW_VALUE outbox_alert NOPRINT
+SELECT SUBSTRB('ORAPUSH_OUTBOX$' || USER, 1, 30) AS outbox_alert FROM dual;
+
+-- Preflight: every privilege the objects below need, checked before any of
+-- them is replaced, so a missing grant (an upgrade without grants.sql)
+-- cannot leave an invalid package or trigger behind (an invalid trigger on
+-- the outbox would fail every INSERT). Definer's-rights packages ignore
+-- roles: the EXECUTE grants must be direct (or to PUBLIC).
+DECLARE
+  l_missing VARCHAR2(4000);
+BEGIN
+  FOR p IN (SELECT column_value AS privilege FROM TABLE(sys.odcivarchar2list(
+              'CREATE TABLE', 'CREATE PROCEDURE', 'CREATE SEQUENCE', 'CREATE TRIGGER'))
+            MINUS SELECT privilege FROM session_privs) LOOP
+    l_missing := l_missing || ' ' || p.privilege || ';';
+  END LOOP;
+  FOR p IN (SELECT column_value AS package_name FROM TABLE(sys.odcivarchar2list(
+              'DBMS_AQADM', 'DBMS_AQ', 'DBMS_LOCK', 'DBMS_ALERT'))
+            MINUS SELECT table_name FROM all_tab_privs
+                   WHERE privilege = 'EXECUTE' AND table_schema = 'SYS' AND grantee IN (USER, 'PUBLIC')) LOOP
+    l_missing := l_missing || ' EXECUTE ON SYS.' || p.package_name || ';';
+  END LOOP;
+  IF l_missing IS NOT NULL THEN
+    RAISE_APPLICATION_ERROR(-20101, 'orapush: ' || USER || ' lacks' || l_missing
+      || ' run sql/oracle/grants.sql as a DBA first (nothing was changed)');
+  END IF;
+END;
+/
+
 -- The outbox. Publish with an INSERT (or ORAPUSH.PUBLISH) and a COMMIT.
 -- orapush claims rows with an unlimited
 --   SELECT /*+ INDEX_ASC(o (id)) */ ... ORDER BY id FOR UPDATE SKIP LOCKED
@@ -117,7 +149,7 @@ END;
 
 CREATE OR REPLACE PACKAGE orapush AUTHID DEFINER AS
   -- The DBMS_ALERT the outbox trigger signals on commit; orapush waits on it.
-  outbox_alert CONSTANT VARCHAR2(30) := 'ORAPUSH_OUTBOX';
+  outbox_alert CONSTANT VARCHAR2(30) := '&&outbox_alert';
 
   -- Publishes in the caller's transaction: delivered when it commits, gone
   -- if it rolls back. No network call, no ACL.
@@ -130,10 +162,16 @@ CREATE OR REPLACE PACKAGE orapush AUTHID DEFINER AS
   PROCEDURE publish_aq(p_channel IN VARCHAR2, p_payload IN VARCHAR2, p_user IN VARCHAR2 DEFAULT NULL);
   FUNCTION publish_aq_id(p_channel IN VARCHAR2, p_payload IN VARCHAR2, p_user IN VARCHAR2 DEFAULT NULL) RETURN RAW;
 
-  -- For orapush itself. The single-drainer lock: DBMS_LOCK.REQUEST's answer
-  -- (0 granted, 1 timed out: another session holds it, 4 already held by
-  -- this session), after waiting up to p_wait_seconds. No commit: the name
-  -- is allocated autonomously, and every call refreshes that allocation.
+  -- For orapush itself. The single-drainer lock, in two steps so that a
+  -- standby's wait writes nothing: the handle of a lock name (allocated
+  -- autonomously: no commit forced on the caller; each call pushes the
+  -- name's expiration, 10 days after the last allocation, forward), then a
+  -- request that waits up to p_wait_seconds. DBMS_LOCK.REQUEST's answer:
+  -- 0 granted, 1 timed out (another session holds it), 4 already held by
+  -- this session.
+  FUNCTION drainer_lock_handle(p_name IN VARCHAR2) RETURN VARCHAR2;
+  FUNCTION request_drainer_lock(p_handle IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER;
+  -- Both steps at once.
   FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER;
   -- lock_drainer without waiting.
   FUNCTION try_lock_drainer(p_name IN VARCHAR2) RETURN NUMBER;
@@ -154,7 +192,7 @@ END orapush;
 -- stop here instead.
 BEGIN
   FOR e IN (SELECT name, type, line, text FROM user_errors
-             WHERE name = 'ORAPUSH' AND type = 'PACKAGE' ORDER BY sequence) LOOP
+             WHERE name = 'ORAPUSH' AND type = 'PACKAGE' AND attribute = 'ERROR' ORDER BY sequence) LOOP
     RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH package spec: line ' || e.line || ': ' || e.text);
   END LOOP;
 END;
@@ -207,18 +245,26 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
     l_msgid := publish_aq_id(p_channel, p_payload, p_user);
   END publish_aq;
 
-  FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER IS
+  FUNCTION drainer_lock_handle(p_name IN VARCHAR2) RETURN VARCHAR2 IS
     l_handle VARCHAR2(128);
   BEGIN
     -- Upper-cased, so "orapush:orapush.x" and "ORAPUSH:ORAPUSH.X" are one lock.
-    -- The autonomous allocation commits only itself, and each call pushes
-    -- the name's expiration (10 days after the last allocation) forward.
     DBMS_LOCK.ALLOCATE_UNIQUE_AUTONOMOUS(lockname => UPPER(p_name), lockhandle => l_handle);
+    RETURN l_handle;
+  END drainer_lock_handle;
+
+  FUNCTION request_drainer_lock(p_handle IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER IS
+  BEGIN
     RETURN DBMS_LOCK.REQUEST(
-      lockhandle        => l_handle,
+      lockhandle        => p_handle,
       lockmode          => DBMS_LOCK.X_MODE,
       timeout           => GREATEST(0, TRUNC(p_wait_seconds)),
       release_on_commit => FALSE);
+  END request_drainer_lock;
+
+  FUNCTION lock_drainer(p_name IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER IS
+  BEGIN
+    RETURN request_drainer_lock(drainer_lock_handle(p_name), p_wait_seconds);
   END lock_drainer;
 
   FUNCTION try_lock_drainer(p_name IN VARCHAR2) RETURN NUMBER IS
@@ -229,7 +275,7 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
   PROCEDURE dead_letter(p_id IN NUMBER, p_reason IN VARCHAR2) IS
   BEGIN
     INSERT INTO orapush_dead_letter (id, channel, payload, target_user, created_at, reason)
-    SELECT id, channel, payload, target_user, created_at, SUBSTR(p_reason, 1, 4000)
+    SELECT id, channel, payload, target_user, created_at, SUBSTRB(p_reason, 1, 4000)
       FROM orapush_outbox
      WHERE id = p_id;
     DELETE FROM orapush_outbox WHERE id = p_id;
@@ -241,7 +287,7 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
     -- Written through DBMS_LOB: a RAW bind over 2,000 bytes may not convert
     -- to a BLOB inside SQL.
     INSERT INTO orapush_aq_dead_letter (msgid, payload, reason)
-    VALUES (p_msgid, EMPTY_BLOB(), SUBSTR(p_reason, 1, 4000))
+    VALUES (p_msgid, EMPTY_BLOB(), SUBSTRB(p_reason, 1, 4000))
     RETURNING payload INTO l_payload;
     IF UTL_RAW.LENGTH(p_payload) > 0 THEN
       DBMS_LOB.WRITEAPPEND(l_payload, UTL_RAW.LENGTH(p_payload), p_payload);
@@ -269,7 +315,7 @@ END orapush;
 /
 BEGIN
   FOR e IN (SELECT name, type, line, text FROM user_errors
-             WHERE name = 'ORAPUSH' AND type = 'PACKAGE BODY' ORDER BY sequence) LOOP
+             WHERE name = 'ORAPUSH' AND type = 'PACKAGE BODY' AND attribute = 'ERROR' ORDER BY sequence) LOOP
     RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH package body: line ' || e.line || ': ' || e.text);
   END LOOP;
 END;
@@ -280,21 +326,27 @@ END;
 -- when the inserting transaction commits and drops it on a rollback. The
 -- trigger runs with the owner's rights, so publishers need no grant on
 -- DBMS_ALERT. Concurrent signalling transactions wait for each other's
--- commit; to go back to polling alone:
+-- commit (see the README); to go back to polling alone:
 --   ALTER TRIGGER orapush_outbox_wakeup DISABLE;
+-- Created disabled, with the alert name as a literal (no dependency on the
+-- package), and enabled only once it compiled: an invalid trigger would
+-- make every INSERT into the outbox fail (ORA-04098).
 CREATE OR REPLACE TRIGGER orapush_outbox_wakeup
   AFTER INSERT ON orapush_outbox
+  DISABLE
 BEGIN
-  DBMS_ALERT.SIGNAL(orapush.outbox_alert, NULL);
+  DBMS_ALERT.SIGNAL('&&outbox_alert', NULL);
 END;
 /
 BEGIN
   FOR e IN (SELECT name, type, line, text FROM user_errors
-             WHERE name = 'ORAPUSH_OUTBOX_WAKEUP' AND type = 'TRIGGER' ORDER BY sequence) LOOP
+             WHERE name = 'ORAPUSH_OUTBOX_WAKEUP' AND type = 'TRIGGER' AND attribute = 'ERROR'
+             ORDER BY sequence) LOOP
     RAISE_APPLICATION_ERROR(-20100, 'ORAPUSH_OUTBOX_WAKEUP trigger: line ' || e.line || ': ' || e.text);
   END LOOP;
 END;
 /
+ALTER TRIGGER orapush_outbox_wakeup ENABLE;
 
 -- The service user: read and delete outbox rows (SELECT allows FOR UPDATE),
 -- dequeue, and call the package (drain lock, dead letters, the wake-up

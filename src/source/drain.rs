@@ -268,6 +268,46 @@ fn fail(e: &SourceError, status: &SourceStatus, metrics: &Metrics) {
 mod tests {
     use super::*;
 
+    struct NeverConnected;
+
+    impl OutboxStore for NeverConnected {
+        fn claim(&mut self, _: usize) -> Result<Vec<crate::message::OutboxRow>, SourceError> {
+            unreachable!("never connected")
+        }
+        fn complete(&mut self, _: &[i64], _: &[DeadLetter]) -> Result<(), SourceError> {
+            unreachable!("never connected")
+        }
+        fn abort(&mut self) {}
+    }
+
+    /// A standby answer given after the store waited itself is asked again at once, not after standby_retry.
+    #[test]
+    fn a_waited_standby_retries_at_once() {
+        let (handoff, _batches) = Handoff::channel();
+        let config = DrainConfig {
+            batch_size: 10,
+            max_message_bytes: 1024,
+            poll_interval: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            standby_retry: Duration::from_secs(3600),
+        };
+        let stop = Stopper::default();
+        let status = SourceStatus::default();
+        let mut calls = 0;
+        let connect = || -> Result<NeverConnected, SourceError> {
+            calls += 1;
+            if calls == 5 {
+                stop.stop();
+            }
+            Err(SourceError::standby_after_wait("another drainer"))
+        };
+        let started = std::time::Instant::now();
+        run_drainer(connect, handoff, config, status.clone(), Metrics::new(), stop.clone()).unwrap();
+        assert_eq!(calls, 5);
+        assert!(started.elapsed() < Duration::from_secs(60), "it slept standby_retry");
+        assert_eq!(status.snapshot().role, crate::source::Role::Standby);
+    }
+
     /// Backoff doubles from 100 ms and stays at the cap; reset starts over.
     #[test]
     fn backoff_is_capped_exponential() {

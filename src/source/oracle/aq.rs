@@ -53,8 +53,9 @@ use crate::message::{validate_channel, OutboxRow};
 use crate::metrics::Metrics;
 use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
 
-/// How often the drainer counts the exception queue.
-const EXCEPTION_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// How often the drainer counts the exception queue and reads the
+/// database's clock again (a daylight-saving change moves its local time).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// SQL text; names resolve through CURRENT_SCHEMA (see [`super`]).
 pub const DEAD_LETTER_SQL: &str = "BEGIN ORAPUSH.DEAD_LETTER_AQ(:1, :2, :3); END;";
@@ -168,7 +169,6 @@ fn now_epoch_seconds() -> f64 {
 /// Counts what AQ moved to the exception queue, and logs its growth.
 struct ExceptionWatch {
     last_count: Option<i64>,
-    next_check: Instant,
 }
 
 pub struct OracleAq {
@@ -180,7 +180,9 @@ pub struct OracleAq {
     /// The messages of the current claim, by row id (index).
     batch: Vec<Dequeued>,
     clock: DbClock,
+    /// Only for the install script's queue (its count function covers it).
     exceptions: Option<ExceptionWatch>,
+    next_housekeeping: Instant,
     metrics: Metrics,
 }
 
@@ -190,26 +192,20 @@ impl OracleAq {
     pub fn connect(sessions: &mut SessionSource, metrics: Metrics) -> Result<Self, SourceError> {
         let settings = sessions.settings().clone();
         let queue_name = settings.qualified_queue();
-        let conn = sessions.session()?;
-        let (conn, lock) = DrainLock::take(conn, sessions, drain_lock_name(&queue_name))?;
-        let clock = match read_clock(&conn) {
-            Ok(clock) => clock,
-            Err(e) => {
-                drop_session(&conn);
-                return Err(classify(&e, &settings, "read the database clock"));
-            }
-        };
+        let (conn, lock) = DrainLock::take(sessions, drain_lock_name(&queue_name))?;
         // The install script's exception-queue count covers its own queue.
         let exceptions = (queue_name == format!("{}.ORAPUSH_Q", settings.schema.to_uppercase()))
-            .then(|| ExceptionWatch { last_count: None, next_check: Instant::now() });
+            .then_some(ExceptionWatch { last_count: None });
         Ok(Self {
             conn,
             settings,
             queue_name,
             lock: Some(lock),
             batch: Vec::new(),
-            clock,
+            // Read by the first claim's housekeeping, before any dequeue.
+            clock: DbClock { local_ahead: 0.0, utc_ahead: 0.0 },
             exceptions,
+            next_housekeeping: Instant::now(),
             metrics,
         })
     }
@@ -225,6 +221,7 @@ impl OracleAq {
             batch: Vec::new(),
             clock: DbClock { local_ahead: 0.0, utc_ahead: 0.0 },
             exceptions: None,
+            next_housekeeping: Instant::now(),
             metrics: Metrics::new(),
         })
     }
@@ -272,13 +269,16 @@ impl OracleAq {
         Ok(rows)
     }
 
-    /// Counts the exception queue when due; logs when it grew.
-    fn watch_exceptions(&mut self) -> Result<(), SourceError> {
-        let Some(watch) = self.exceptions.as_mut() else { return Ok(()) };
-        if Instant::now() < watch.next_check {
+    /// Once a minute: the database's clock again, and the exception queue's
+    /// count (logged when it grew).
+    fn housekeeping(&mut self) -> Result<(), SourceError> {
+        if Instant::now() < self.next_housekeeping {
             return Ok(());
         }
-        watch.next_check = Instant::now() + EXCEPTION_CHECK_EVERY;
+        self.next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+        self.clock =
+            read_clock(&self.conn).map_err(|e| classify(&e, &self.settings, "read the database clock"))?;
+        let Some(watch) = self.exceptions.as_mut() else { return Ok(()) };
         let count = self
             .conn
             .execute(EXCEPTION_COUNT_SQL, &[&oracle::sql_type::OracleType::Number(0, 0)])
@@ -325,7 +325,7 @@ impl OutboxStore for OracleAq {
         if let Some(lock) = self.lock.as_mut() {
             lock.refresh_if_due(&self.conn, &self.settings)?;
         }
-        self.watch_exceptions()?;
+        self.housekeeping()?;
         self.claim_messages(limit).map_err(|e| {
             self.abort();
             self.error(&e, "dequeue")

@@ -78,8 +78,11 @@ pub fn classify_codes(dpi: Option<i32>, ora: Option<i32>) -> OracleClass {
         // grant missing; PLS-00302: a component missing, an old install),
         // 1031 privileges, 24010 queue missing, 25226 queue not enabled for
         // dequeue, 24033 no recipients, 4063 and 6508 a package that
-        // compiled with errors or is invalid.
-        (_, Some(942 | 4043 | 6550 | 1031 | 24010 | 25226 | 24033 | 4063 | 6508)) => OracleClass::Setup,
+        // compiled with errors or is invalid, 1435 no such user (the
+        // `oracle.schema` of ALTER SESSION SET CURRENT_SCHEMA).
+        (_, Some(942 | 4043 | 6550 | 1031 | 24010 | 25226 | 24033 | 4063 | 6508 | 1435)) => {
+            OracleClass::Setup
+        }
         (_, Some(25231)) => OracleClass::ConsumerName,
         (
             _,
@@ -88,8 +91,9 @@ pub fn classify_codes(dpi: Option<i32>, ora: Option<i32>) -> OracleClass {
                 | 12514 | 12537 | 12541 | 12547 | 12570 | 12571,
             ),
         ) => OracleClass::Reconnect,
-        // 54 busy, 30006 wait expired, 60 deadlock, 8177 serialisation,
-        // 25263 (a dequeue by id of a message that is gone): retry.
+        // 54 busy, 30006 wait expired, 60 deadlock, 8177 serialisation:
+        // retry. (25263, a dequeue by message id of a message that is gone,
+        // cannot arise: orapush never dequeues by id.)
         _ => OracleClass::Retry,
     }
 }
@@ -156,8 +160,9 @@ pub struct SessionSource {
     settings: OracleSettings,
     pool: Option<Pool>,
     action: &'static str,
-    /// A standby's session, kept to wait for the drain lock again.
-    standby: Option<Connection>,
+    /// A standby's session and its lock handle, kept to wait for the drain
+    /// lock again.
+    standby: Option<(Connection, DrainLock)>,
 }
 
 impl SessionSource {
@@ -194,12 +199,9 @@ impl SessionSource {
         Ok(self.pool.as_ref().expect("built above"))
     }
 
-    /// The session to drain with: the standby's kept one, or a new one.
+    /// A session that publishes (no lock).
     pub fn session(&mut self) -> Result<Connection, SourceError> {
-        match self.standby.take() {
-            Some(conn) => Ok(conn),
-            None => self.new_session(self.action),
-        }
+        self.new_session(self.action)
     }
 
     /// A fresh session tagged with `action` (for `v$session`).
@@ -221,11 +223,6 @@ impl SessionSource {
     /// session of the same source: the outbox's wake-up waiter.
     pub fn sibling(&self, action: &'static str) -> SessionSource {
         SessionSource { settings: self.settings.clone(), pool: self.pool.clone(), action, standby: None }
-    }
-
-    /// Keeps a standby's session for its next wait on the drain lock.
-    pub fn keep_for_standby(&mut self, conn: Connection) {
-        self.standby = Some(conn);
     }
 }
 
@@ -256,73 +253,101 @@ pub fn drain_lock_name(qualified_object: &str) -> String {
     format!("orapush:{}", qualified_object.to_uppercase())
 }
 
-/// The single-drainer lock, held by the drainer's session.
+/// The single-drainer lock of one session: the lock name's handle and when
+/// it was allocated.
 #[derive(Debug)]
 pub struct DrainLock {
     name: String,
-    /// When the lock name's allocation was last refreshed.
-    refreshed: Instant,
+    handle: String,
+    allocated: Instant,
 }
 
 impl DrainLock {
-    /// The SQL of one request: `:1` status out, `:2` name, `:3` wait seconds.
-    pub const SQL: &'static str = "BEGIN :1 := ORAPUSH.LOCK_DRAINER(:2, :3); END;";
+    /// `:1` handle out, `:2` lock name.
+    pub const HANDLE_SQL: &'static str = "BEGIN :1 := ORAPUSH.DRAINER_LOCK_HANDLE(:2); END;";
+    /// `:1` status out, `:2` handle, `:3` wait seconds.
+    pub const REQUEST_SQL: &'static str = "BEGIN :1 := ORAPUSH.REQUEST_DRAINER_LOCK(:2, :3); END;";
     /// DBMS_LOCK forgets names allocated more than 10 days ago; a name
-    /// forgotten while held would let a second drainer in. Refreshing it
-    /// well within that keeps it.
+    /// forgotten while held would let a second drainer in. Allocating again
+    /// well within that keeps it. Each allocation is an autonomous commit,
+    /// so it happens this often, not on every standby wait.
     pub const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 
-    /// Takes the lock `name` on `conn`, waiting up to `oracle.wait_ms` in the
-    /// database. A standby keeps its session in `sessions` for the next wait
-    /// and answers Standby at once (it already waited); any other failure
-    /// drops the session.
-    pub fn take(
-        conn: Connection,
-        sessions: &mut SessionSource,
-        name: String,
-    ) -> Result<(Connection, DrainLock), SourceError> {
+    fn allocate(conn: &Connection, settings: &OracleSettings, name: String) -> Result<Self, SourceError> {
+        let stmt = conn
+            .execute(Self::HANDLE_SQL, &[&oracle::sql_type::OracleType::Varchar2(128), &name])
+            .map_err(|e| classify(&e, settings, "allocate the drain lock"))?;
+        let handle: String =
+            stmt.bind_value(1).map_err(|e| classify(&e, settings, "read the drain lock handle"))?;
+        Ok(Self { name, handle, allocated: Instant::now() })
+    }
+
+    fn due(&self) -> bool {
+        self.allocated.elapsed() >= Self::REFRESH_EVERY
+    }
+
+    /// Takes the lock `name`, waiting up to `oracle.wait_ms` in the database,
+    /// on the standby's kept session or a new one. A standby keeps its
+    /// session (and handle) in `sessions` for the next wait and answers
+    /// Standby at once (it already waited); any other failure drops the
+    /// session.
+    pub fn take(sessions: &mut SessionSource, name: String) -> Result<(Connection, DrainLock), SourceError> {
         let settings = sessions.settings().clone();
-        let wait = wait_seconds(settings.wait_ms);
-        match request(&conn, &settings, &name, wait) {
-            Ok(()) => Ok((conn, DrainLock { name, refreshed: Instant::now() })),
-            Err(e) if e.class == ErrorClass::Standby => {
-                sessions.keep_for_standby(conn);
+        let (conn, kept) = match sessions.standby.take() {
+            Some((conn, lock)) => (conn, Some(lock)),
+            None => (sessions.new_session(sessions.action)?, None),
+        };
+        let lock = match kept {
+            Some(lock) if lock.name == name && !lock.due() => Ok(lock),
+            _ => Self::allocate(&conn, &settings, name),
+        };
+        let outcome = lock.map(|lock| {
+            let answer = request(&conn, &settings, &lock, wait_seconds(settings.wait_ms));
+            (lock, answer)
+        });
+        match outcome {
+            Ok((lock, Ok(()))) => Ok((conn, lock)),
+            Ok((lock, Err(e))) if e.class == ErrorClass::Standby => {
+                sessions.standby = Some((conn, lock));
                 Err(SourceError::standby_after_wait(e.message))
             }
-            Err(e) => {
+            Ok((_, Err(e))) | Err(e) => {
                 drop_session(&conn);
                 Err(e)
             }
         }
     }
 
-    /// Refreshes the name's allocation when due, and checks that this
-    /// session still holds the lock (answer 4); Standby when it does not.
+    /// Allocates the name again when due (so it never ages out), and
+    /// checks that this session still holds the lock (answer 4); Standby
+    /// when it does not.
     pub fn refresh_if_due(
         &mut self,
         conn: &Connection,
         settings: &OracleSettings,
     ) -> Result<(), SourceError> {
-        if self.refreshed.elapsed() < Self::REFRESH_EVERY {
+        if !self.due() {
             return Ok(());
         }
-        request(conn, settings, &self.name, 0)?;
-        self.refreshed = Instant::now();
-        Ok(())
+        *self = Self::allocate(conn, settings, self.name.clone())?;
+        request(conn, settings, self, 0)
     }
 }
 
 fn request(
     conn: &Connection,
     settings: &OracleSettings,
-    name: &str,
+    lock: &DrainLock,
     wait_seconds: i64,
 ) -> Result<(), SourceError> {
     let stmt = conn
-        .execute(DrainLock::SQL, &[&oracle::sql_type::OracleType::Number(0, 0), &name, &wait_seconds])
+        .execute(
+            DrainLock::REQUEST_SQL,
+            &[&oracle::sql_type::OracleType::Number(0, 0), &lock.handle, &wait_seconds],
+        )
         .map_err(|e| classify(&e, settings, "take the drain lock"))?;
     let status: i32 = stmt.bind_value(1).map_err(|e| classify(&e, settings, "read the drain lock status"))?;
-    lock_outcome(status, name)
+    lock_outcome(status, &lock.name)
 }
 
 /// DBMS_LOCK.REQUEST's answer: 0 granted, 4 already ours, 1 held elsewhere
@@ -392,6 +417,7 @@ mod tests {
             (None, Some(6508), Setup),
             (None, Some(25231), ConsumerName),
             (None, Some(25263), Retry),
+            (None, Some(1435), Setup),
             (None, Some(54), Retry),
             (None, Some(60), Retry),
             (None, Some(30006), Retry),
@@ -466,7 +492,8 @@ mod tests {
         assert_eq!(drain_lock_name("ORAPUSH.ORAPUSH_OUTBOX"), drain_lock_name("Orapush.Orapush_Outbox"));
         // The SQL calls the package unqualified: CURRENT_SCHEMA resolves it
         // for the owner and the service user alike (no ORAPUSH.ORAPUSH.X).
-        assert_eq!(DrainLock::SQL, "BEGIN :1 := ORAPUSH.LOCK_DRAINER(:2, :3); END;");
+        assert_eq!(DrainLock::HANDLE_SQL, "BEGIN :1 := ORAPUSH.DRAINER_LOCK_HANDLE(:2); END;");
+        assert_eq!(DrainLock::REQUEST_SQL, "BEGIN :1 := ORAPUSH.REQUEST_DRAINER_LOCK(:2, :3); END;");
         assert_eq!(current_schema_sql("app"), "ALTER SESSION SET CURRENT_SCHEMA = APP");
         assert!(DrainLock::REFRESH_EVERY < Duration::from_secs(10 * 86_400));
     }

@@ -88,8 +88,7 @@ impl OracleOutbox {
     pub fn connect(sessions: &mut SessionSource) -> Result<Self, SourceError> {
         let settings = sessions.settings().clone();
         let sql = OutboxSql::new(&settings.schema);
-        let conn = sessions.session()?;
-        let (conn, lock) = DrainLock::take(conn, sessions, sql.lock_name.clone())?;
+        let (conn, lock) = DrainLock::take(sessions, sql.lock_name.clone())?;
         let mut store = Self {
             conn,
             settings,
@@ -159,6 +158,13 @@ impl OracleOutbox {
     }
 }
 
+/// Whole seconds of the next alert wait, at most `slice`; None when less
+/// than one second remains.
+fn alert_wait_seconds(remaining: Duration, slice: i64) -> Option<i64> {
+    let whole = remaining.as_secs() as i64;
+    (whole >= 1).then(|| whole.min(slice))
+}
+
 /// One `ORAPUSH.WAIT_FOR_OUTBOX` call: true when an alert came.
 fn wait_for_alert(conn: &Connection, sql: &str, seconds: i64) -> oracle::Result<bool> {
     let stmt = conn.execute(sql, &[&oracle::sql_type::OracleType::Number(0, 0), &seconds])?;
@@ -182,12 +188,9 @@ impl OutboxStore for OracleOutbox {
         if let Some(lock) = self.lock.as_mut() {
             lock.refresh_if_due(&self.conn, &self.settings)?;
         }
-        let rows = self.claim_rows(limit).map_err(|e| self.error(&e, "claim rows"))?;
-        if rows.is_empty() {
-            // Nothing locked, but end the transaction the SELECT began.
-            self.abort();
-        }
-        Ok(rows)
+        // An empty claim locked nothing and opened no transaction: no
+        // rollback round trip while idle.
+        self.claim_rows(limit).map_err(|e| self.error(&e, "claim rows"))
     }
 
     fn complete(&mut self, handed_over: &[i64], dead: &[DeadLetter]) -> Result<(), SourceError> {
@@ -239,8 +242,12 @@ impl OutboxStore for OracleOutbox {
                 }
                 continue;
             };
-            // Whole seconds, rounded up so a short remainder still waits.
-            let seconds = (remaining.as_millis().div_ceil(1000) as i64).clamp(1, slice);
+            // WAITONE takes whole seconds: a remainder under one second (or a
+            // poll interval under one second) is slept here instead.
+            let Some(seconds) = alert_wait_seconds(remaining, slice) else {
+                stop.sleep(remaining);
+                return Ok(());
+            };
             match wait_for_alert(waiter, &self.sql.wait, seconds) {
                 Ok(true) => return Ok(()),
                 Ok(false) => continue,
@@ -300,6 +307,15 @@ mod tests {
         assert_eq!(sql.lock_name, OutboxSql::new("APP").lock_name);
     }
 
+    /// Alert waits are whole seconds within the remaining poll time; under a second is slept instead.
+    #[test]
+    fn alert_waits_fit_the_poll() {
+        assert_eq!(alert_wait_seconds(Duration::from_millis(5000), 2), Some(2));
+        assert_eq!(alert_wait_seconds(Duration::from_millis(1999), 2), Some(1));
+        assert_eq!(alert_wait_seconds(Duration::from_millis(999), 2), None);
+        assert_eq!(alert_wait_seconds(Duration::from_millis(200), 2), None);
+    }
+
     /// The package the SQL calls defines what the SQL names, with the same arguments.
     #[test]
     fn sql_matches_the_install_script() {
@@ -309,8 +325,15 @@ mod tests {
             "FUNCTION wait_for_outbox(p_wait_seconds IN NUMBER) RETURN NUMBER",
             "PROCEDURE dead_letter(p_id IN NUMBER, p_reason IN VARCHAR2)",
             "FUNCTION publish_id(p_channel IN VARCHAR2, p_payload IN CLOB, p_user IN VARCHAR2 DEFAULT NULL) RETURN NUMBER",
-            "DBMS_ALERT.SIGNAL(orapush.outbox_alert, NULL)",
-            "AFTER INSERT ON orapush_outbox\nBEGIN",
+            "FUNCTION drainer_lock_handle(p_name IN VARCHAR2) RETURN VARCHAR2",
+            "FUNCTION request_drainer_lock(p_handle IN VARCHAR2, p_wait_seconds IN NUMBER) RETURN NUMBER",
+            // One alert per owner, named in the trigger as a literal.
+            "SELECT SUBSTRB('ORAPUSH_OUTBOX$' || USER, 1, 30) AS outbox_alert FROM dual;",
+            "outbox_alert CONSTANT VARCHAR2(30) := '&&outbox_alert';",
+            "DBMS_ALERT.SIGNAL('&&outbox_alert', NULL)",
+            // Created disabled, enabled once it compiled (an invalid trigger fails every INSERT).
+            "AFTER INSERT ON orapush_outbox\n  DISABLE\nBEGIN",
+            "ALTER TRIGGER orapush_outbox_wakeup ENABLE;",
             "DBMS_LOCK.ALLOCATE_UNIQUE_AUTONOMOUS(lockname => UPPER(p_name)",
         ] {
             assert!(install.contains(needle), "install.sql lacks {needle:?}");
