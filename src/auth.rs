@@ -11,13 +11,15 @@
 //!   `channels` (exact names or `prefix*` patterns the user may subscribe to).
 //!   Anyone, with or without a token, may subscribe to `auth.public_channels`.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use tracing::warn;
 
-use crate::config::{AuthMode, AuthSettings, ConfigError};
+use crate::config::{AuthMode, AuthSettings, ConfigError, UserCase};
 use crate::message::ChannelPattern;
 
 /// Who a connection is, once its token was verified.
@@ -52,6 +54,8 @@ pub struct Access {
 struct AccessInner {
     verifier: Option<Verifier>,
     public: Vec<ChannelPattern>,
+    user_case: UserCase,
+    refusals: RefusalLog,
 }
 
 struct Verifier {
@@ -68,7 +72,8 @@ impl Access {
             AuthMode::None => None,
             AuthMode::Jwt => Some(Verifier::from_settings(auth)?),
         };
-        Ok(Self { inner: Arc::new(AccessInner { verifier, public }) })
+        let refusals = RefusalLog::default();
+        Ok(Self { inner: Arc::new(AccessInner { verifier, public, user_case: auth.user_case, refusals }) })
     }
 
     /// True when tokens are checked at all.
@@ -76,13 +81,26 @@ impl Access {
         self.inner.verifier.is_some()
     }
 
-    /// Verifies a token. Without `auth.mode = "jwt"`, tokens are refused:
+    /// Verifies a token (surrounding whitespace ignored: APEX's `htp.p`
+    /// appends a newline). Without `auth.mode = "jwt"`, tokens are refused:
     /// there is nothing to check them against.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         match &self.inner.verifier {
-            Some(v) => v.verify(token),
+            Some(v) => v.verify(token.trim()),
             None => Err(AuthError("tokens are not accepted: auth.mode is \"none\"".into())),
         }
+    }
+
+    /// The form of a token's `sub` that `target_user` is matched against.
+    pub fn user_key(&self, sub: &str) -> Arc<str> {
+        Arc::from(self.inner.user_case.key(sub))
+    }
+
+    /// Logs a refused token at `warn`, with the reason and the peer, never
+    /// the token; at most [`RefusalLog::PER_WINDOW`] lines per window, then
+    /// one line counting the rest.
+    pub fn log_refusal(&self, peer: SocketAddr, reason: &AuthError) {
+        self.inner.refusals.log(peer, reason);
     }
 
     /// May this connection subscribe to `channel`?
@@ -159,6 +177,37 @@ impl Verifier {
             channels: claims.channels.iter().filter_map(|p| ChannelPattern::parse(p).ok()).collect(),
             expires_at: claims.exp.saturating_add(self.leeway),
         })
+    }
+}
+
+/// Rate-limited logging of refused tokens: a client that retries a bad
+/// token in a loop must not flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    /// Start of the current window, lines logged in it, lines suppressed.
+    window: Mutex<Option<(Instant, u32, u64)>>,
+}
+
+impl RefusalLog {
+    const WINDOW: Duration = Duration::from_secs(60);
+    const PER_WINDOW: u32 = 10;
+
+    fn log(&self, peer: SocketAddr, reason: &AuthError) {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (started, logged, suppressed) = window.get_or_insert((now, 0, 0));
+        if now.duration_since(*started) >= Self::WINDOW {
+            if *suppressed > 0 {
+                warn!(suppressed = *suppressed, "more tokens were refused in the last minute (not logged)");
+            }
+            (*started, *logged, *suppressed) = (now, 0, 0);
+        }
+        if *logged < Self::PER_WINDOW {
+            *logged += 1;
+            warn!(%peer, %reason, "token refused");
+        } else {
+            *suppressed += 1;
+        }
     }
 }
 

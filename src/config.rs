@@ -93,9 +93,43 @@ impl Default for ServerSettings {
     }
 }
 
+/// A settings enum named by strings: parsing, and an error that lists every
+/// valid value (serde's own says "does not have variant constructor").
+pub trait Named: Sized + Copy + 'static {
+    /// The names, in the order the error lists them.
+    const NAMES: &'static [(&'static str, Self)];
+
+    fn name(self) -> &'static str
+    where
+        Self: PartialEq,
+    {
+        Self::NAMES.iter().find(|(_, v)| *v == self).map_or("?", |(n, _)| n)
+    }
+
+    fn parse(value: &str) -> Result<Self, String> {
+        Self::NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(value.trim())).map(|(_, v)| *v).ok_or_else(
+            || {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("{value:?} is not one of: {}", names.join(", "))
+            },
+        )
+    }
+}
+
+/// Implements `Deserialize` through [`Named::parse`].
+macro_rules! named_enum {
+    ($ty:ty) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                <$ty as Named>::parse(&value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 /// Which database the outbox lives in.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SourceKind {
     #[default]
     Sqlite,
@@ -104,16 +138,15 @@ pub enum SourceKind {
     OracleAq,
 }
 
-impl SourceKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Sqlite => "sqlite",
-            SourceKind::Postgres => "postgres",
-            SourceKind::OracleOutbox => "oracle_outbox",
-            SourceKind::OracleAq => "oracle_aq",
-        }
-    }
+impl Named for SourceKind {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("sqlite", SourceKind::Sqlite),
+        ("postgres", SourceKind::Postgres),
+        ("oracle_outbox", SourceKind::OracleOutbox),
+        ("oracle_aq", SourceKind::OracleAq),
+    ];
 }
+named_enum!(SourceKind);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -276,14 +309,43 @@ impl Default for HubSettings {
 }
 
 /// Whether WebSocket clients must present a token.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMode {
     /// Everyone may subscribe to everything (targeted messages reach nobody).
     #[default]
     None,
-    /// JWTs decide who may subscribe to what (SPEC "Authentication").
+    /// JWTs decide who may subscribe to what (docs/PROTOCOL.md, "Authentication").
     Jwt,
+}
+
+impl Named for AuthMode {
+    const NAMES: &'static [(&'static str, Self)] = &[("none", AuthMode::None), ("jwt", AuthMode::Jwt)];
+}
+named_enum!(AuthMode);
+
+/// How a message's `target_user` is matched against a token's `sub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserCase {
+    /// `scott` reaches `SCOTT` (APEX's `:APP_USER` is upper-case).
+    #[default]
+    Insensitive,
+    Sensitive,
+}
+
+impl Named for UserCase {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("insensitive", UserCase::Insensitive), ("sensitive", UserCase::Sensitive)];
+}
+named_enum!(UserCase);
+
+impl UserCase {
+    /// The form of a user name that matching compares.
+    pub fn key(self, user: &str) -> String {
+        match self {
+            UserCase::Insensitive => user.to_lowercase(),
+            UserCase::Sensitive => user.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +364,8 @@ pub struct AuthSettings {
     pub leeway_seconds: u64,
     /// Channel patterns anyone may subscribe to without a token.
     pub public_channels: Vec<String>,
+    /// How `target_user` matches a token's `sub`.
+    pub user_case: UserCase,
 }
 
 impl Default for AuthSettings {
@@ -314,6 +378,7 @@ impl Default for AuthSettings {
             audience: None,
             leeway_seconds: 30,
             public_channels: Vec::new(),
+            user_case: UserCase::Insensitive,
         }
     }
 }
@@ -544,6 +609,18 @@ impl Settings {
         for pattern in &self.legacy.channels {
             ChannelPattern::parse(pattern).map_err(|e| ConfigError::key("legacy.channels", e))?;
         }
+        // What `POST /` publishes must reach the sockets on `/`, or every
+        // old page gets "Send to 0 clients" forever.
+        if !self.legacy_patterns().iter().any(|p| p.matches(&self.legacy.publish_channel)) {
+            return Err(ConfigError::key(
+                "legacy.publish_channel",
+                format!(
+                    "{:?} is not matched by `legacy.channels` ({:?}): POST / would reach no socket on /; \
+                     add it to legacy.channels or pick a channel they match",
+                    self.legacy.publish_channel, self.legacy.channels
+                ),
+            ));
+        }
         if let Some(key) = &self.api.publish_key {
             if key.expose().len() < 8 {
                 return Err(ConfigError::key("api.publish_key", "must be at least 8 characters"));
@@ -640,10 +717,21 @@ impl Settings {
         Ok(())
     }
 
+    /// `server.listen` as an address: `IP:port`, or `host:port` resolved now
+    /// (the first address the resolver gives, IPv4 first).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::key("server.listen", format!("{:?} is not an IP:port address", self.server.listen))
-        })
+        use std::net::ToSocketAddrs;
+        let listen = self.server.listen.trim();
+        if let Ok(addr) = listen.parse() {
+            return Ok(addr);
+        }
+        let not_an_address = |why: String| {
+            ConfigError::key("server.listen", format!("{listen:?} is not a HOST:PORT address: {why}"))
+        };
+        let mut addrs: Vec<SocketAddr> =
+            listen.to_socket_addrs().map_err(|e| not_an_address(e.to_string()))?.collect();
+        addrs.sort_by_key(|a| !a.is_ipv4());
+        addrs.into_iter().next().ok_or_else(|| not_an_address("the name resolves to no address".into()))
     }
 
     /// The legacy `/` channel filter, parsed (validated at load).
@@ -693,6 +781,51 @@ mod tests {
         assert_eq!(s.legacy.publish_channel, "default");
     }
 
+    /// An unknown value of an enum key names the key and lists the valid values.
+    #[test]
+    fn enum_keys_list_their_values() {
+        let err = refusal(&[("ORAPUSH__SOURCE__KIND", "mysql")]);
+        assert!(
+            err.contains("source.kind") && err.contains("sqlite, postgres, oracle_outbox, oracle_aq"),
+            "{err}"
+        );
+        let err = refusal(&[("ORAPUSH__AUTH__MODE", "oauth")]);
+        assert!(err.contains("auth.mode") && err.contains("none, jwt"), "{err}");
+        let err = refusal(&[("ORAPUSH__AUTH__USER_CASE", "upper")]);
+        assert!(err.contains("auth.user_case") && err.contains("insensitive, sensitive"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[("ORAPUSH__AUTH__USER_CASE", "sensitive")]),
+            &Overrides::default(),
+        );
+        assert_eq!(s.unwrap().auth.user_case, UserCase::Sensitive);
+        assert_eq!(Settings::default().auth.user_case, UserCase::Insensitive);
+        assert_eq!(UserCase::Insensitive.key("SCOTT"), UserCase::Insensitive.key("scott"));
+        assert_ne!(UserCase::Sensitive.key("SCOTT"), UserCase::Sensitive.key("scott"));
+    }
+
+    /// `POST /` must publish on a channel that `/` sockets receive.
+    #[test]
+    fn legacy_publish_channel_must_be_received() {
+        let err = refusal(&[("ORAPUSH__LEGACY__CHANNELS", "emp,dept.*")]);
+        assert!(err.contains("legacy.publish_channel") && err.contains("legacy.channels"), "{err}");
+        let ok =
+            env(&[("ORAPUSH__LEGACY__CHANNELS", "emp,dept.*"), ("ORAPUSH__LEGACY__PUBLISH_CHANNEL", "emp")]);
+        assert!(Settings::load_from(None, ok, &Overrides::default()).is_ok());
+    }
+
+    /// `server.listen` takes a host name and resolves it; nonsense names the key.
+    #[test]
+    fn listen_accepts_host_names() {
+        let overrides = Overrides { listen: Some("localhost:8080".into()), sqlite_path: None };
+        let s = Settings::load_from(None, env(&[]), &overrides).unwrap();
+        let addr = s.listen_addr().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
+        let overrides = Overrides { listen: Some("no port here".into()), sqlite_path: None };
+        let err = Settings::load_from(None, env(&[]), &overrides).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
     /// File, then environment, then flags: each later layer wins.
     #[test]
     fn layers_apply_in_order() {
@@ -706,6 +839,7 @@ mod tests {
         let vars = env(&[
             ("ORAPUSH__HUB__HISTORY_SIZE", "7"),
             ("ORAPUSH__LEGACY__CHANNELS", "emp,dept.*"),
+            ("ORAPUSH__LEGACY__PUBLISH_CHANNEL", "dept.refresh"),
             ("ORAPUSH__SERVER__ALLOWED_ORIGINS", "https://a.example,https://b.example"),
         ]);
         let overrides = Overrides { listen: Some("127.0.0.1:0".into()), sqlite_path: Some("x.db".into()) };

@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::UserCase;
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
 
@@ -113,6 +114,7 @@ struct HubInner {
     epoch: String,
     history_size: usize,
     legacy_patterns: Vec<ChannelPattern>,
+    user_case: UserCase,
     metrics: Metrics,
 }
 
@@ -149,7 +151,12 @@ struct MessageFrame<'a> {
 }
 
 impl Hub {
-    pub fn new(history_size: usize, legacy_patterns: Vec<ChannelPattern>, metrics: Metrics) -> Self {
+    pub fn new(
+        history_size: usize,
+        legacy_patterns: Vec<ChannelPattern>,
+        user_case: UserCase,
+        metrics: Metrics,
+    ) -> Self {
         let epoch = format!("{:08x}", rand::rng().random::<u32>());
         Self {
             inner: Arc::new(HubInner {
@@ -157,6 +164,7 @@ impl Hub {
                 epoch,
                 history_size,
                 legacy_patterns,
+                user_case,
                 metrics,
             }),
         }
@@ -164,6 +172,20 @@ impl Hub {
 
     pub fn epoch(&self) -> &str {
         &self.inner.epoch
+    }
+
+    /// Subscribers per channel, by name, for the status page (channels
+    /// without subscribers left out).
+    pub fn channel_subscribers(&self) -> Vec<(String, usize)> {
+        let state = self.state();
+        let mut counts: Vec<(String, usize)> = state
+            .channels
+            .iter()
+            .filter(|(_, c)| !c.subscribers.is_empty())
+            .map(|(name, c)| (name.clone(), c.subscribers.len()))
+            .collect();
+        counts.sort();
+        counts
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -192,7 +214,10 @@ impl Hub {
         .expect("a frame of strings and raw JSON serialises")
         .into();
 
-        let target = msg.target_user.as_deref();
+        // Compared in the form `auth.user_case` gives (subscribers' users are
+        // kept in that form too).
+        let target_key = msg.target_user.as_deref().map(|u| self.inner.user_case.key(u));
+        let target = target_key.as_deref();
         let mut delivered = 0;
         channel.subscribers.retain(|_, sub| {
             if !may_receive(sub, target) {
@@ -221,7 +246,7 @@ impl Hub {
         }
 
         if self.inner.history_size > 0 {
-            channel.history.push_back(Kept { offset, target_user: msg.target_user.clone(), frame });
+            channel.history.push_back(Kept { offset, target_user: target_key, frame });
             while channel.history.len() > self.inner.history_size {
                 channel.history.pop_front();
             }
@@ -367,7 +392,7 @@ mod tests {
     use super::*;
 
     fn hub(history: usize) -> Hub {
-        Hub::new(history, vec![ChannelPattern::Any], Metrics::new())
+        Hub::new(history, vec![ChannelPattern::Any], UserCase::Insensitive, Metrics::new())
     }
 
     fn subscriber(conn: ConnId, queue: usize, user: Option<&str>) -> (Subscriber, mpsc::Receiver<Outgoing>) {

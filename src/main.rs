@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use orapush::config::{Overrides, Settings};
+use orapush::config::{Overrides, Settings, SourceKind};
+use orapush::source::sqlite::SqliteOutbox;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -19,6 +20,15 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Log lines as text (coloured only on a terminal) or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ORAPUSH_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -42,9 +52,15 @@ struct CheckClientArgs {
 
 #[derive(Args)]
 struct SubscribeArgs {
-    /// WebSocket URL of the orapush protocol endpoint.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    /// TOML configuration file: the orapush to reach is its `server.listen`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// WebSocket URL of the orapush protocol endpoint (default: ws://<server.listen>/ws).
+    #[arg(long)]
+    url: Option<String>,
+    /// A token, for `auth.mode = "jwt"` (sent as ?token=).
+    #[arg(long, env = "ORAPUSH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Channel to subscribe to (repeatable).
     #[arg(long = "channel", required = true)]
     channels: Vec<String>,
@@ -83,19 +99,17 @@ struct PublishArgs {
     /// Deliver only to connections authenticated as this user.
     #[arg(long)]
     user: Option<String>,
+    /// Create the SQLite outbox when the file does not exist (refused otherwise:
+    /// a message in a new file reaches no orapush).
+    #[arg(long)]
+    create: bool,
     /// The payload (JSON, or text that becomes {"message": ...}); `-` reads standard input.
     payload: String,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Some(Command::Publish(args)) => publish(args),
         Some(Command::Serve(args)) => serve(args),
@@ -112,11 +126,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to standard error, at `RUST_LOG` (default `info`); colour only
+/// when that is a terminal, so files and pipes get plain text.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides { listen: args.listen, sqlite_path: args.sqlite };
     let settings = Settings::load(args.config.as_deref(), &overrides)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let addr = settings.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -126,7 +153,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let scheme = if settings.server.tls_cert.is_some() { "https" } else { "http" };
         println!("orapush listening on {scheme}://{bound}");
         orapush::run(listener, settings, shutdown_signal()).await
-    })
+    });
+    // `run` kept to the shutdown deadline; tasks still running (a socket
+    // cut off mid-write) are dropped now, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::ZERO);
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -140,8 +171,16 @@ async fn shutdown_signal() {
 }
 
 fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let url = match args.url {
+        Some(url) => url,
+        None => {
+            let settings = Settings::load(args.config.as_deref(), &Overrides::default())?;
+            orapush::subscribe::url_for(&settings)?
+        }
+    };
     let options = orapush::subscribe::SubscribeOptions {
-        url: args.url,
+        url,
+        token: args.token,
         channels: args.channels,
         count: args.count,
         timeout: args.timeout_ms.map(std::time::Duration::from_millis),
@@ -163,12 +202,55 @@ fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let payload = if args.payload == "-" {
         let mut buf = String::new();
         std::io::stdin().read_to_string(&mut buf).context("reading the payload from standard input")?;
-        buf
+        strip_one_newline(buf)
     } else {
         args.payload
     };
+    let sqlite = (settings.source.kind == SourceKind::Sqlite).then_some(&settings.sqlite.path);
+    if let Some(path) = sqlite {
+        if !args.create && !path.exists() {
+            anyhow::bail!(
+                "the SQLite outbox `sqlite.path` = {} does not exist, so no orapush drains it: run this \
+                 where orapush runs, point --sqlite or --config at its file, or pass --create to make it",
+                path.display()
+            );
+        }
+    }
     let mut publisher = orapush::source::open_publisher(&settings)?;
     let id = publisher.publish(&args.channel, &payload, args.user.as_deref())?;
     println!("{id}");
+    if let Some(path) = sqlite {
+        if !SqliteOutbox::drainer_running(path) {
+            eprintln!(
+                "orapush: warning: no orapush is draining {} right now; the message waits there until one does",
+                path.display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Standard input without its one trailing newline, as shells treat `$(…)`.
+fn strip_one_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One trailing newline goes (LF or CRLF); the rest of the payload stays.
+    #[test]
+    fn stdin_loses_one_trailing_newline() {
+        assert_eq!(strip_one_newline("REFRESH\n".into()), "REFRESH");
+        assert_eq!(strip_one_newline("REFRESH\r\n".into()), "REFRESH");
+        assert_eq!(strip_one_newline("a\n\n".into()), "a\n");
+        assert_eq!(strip_one_newline("a".into()), "a");
+    }
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub next_http_id: Arc<AtomicU64>,
     /// Open WebSocket connections, in total and per client IP.
     pub connections: Arc<ConnectionLimits>,
+    /// When the server started (for `/api/status`'s uptime).
+    pub started: std::time::Instant,
 }
 
 impl AppState {

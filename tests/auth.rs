@@ -274,3 +274,42 @@ async fn auth_frames_without_auth_keep_the_connection() {
     subscribe(&mut ws, "emp").await;
     server.stop().await.unwrap();
 }
+
+/// A token with surrounding whitespace (what APEX's `htp.p` returns) is accepted on the URL and in an auth frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_with_a_trailing_newline_are_accepted() {
+    let server = Server::start_with(hs256).await;
+    let token = format!("{}\n", apex_token(claims("SCOTT", &["emp*"])));
+    let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let mut ws = connect(&server.ws_url(&format!("/ws?token={encoded}"))).await;
+    subscribe(&mut ws, "emp").await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    send_json(&mut ws, json!({"op": "auth", "token": format!(" {token}")})).await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!((reply["type"].as_str(), reply["sub"].as_str()), (Some("auth"), Some("SCOTT")), "{reply}");
+    server.stop().await.unwrap();
+}
+
+/// `target_user` matches the token's user without regard to case by default, and exactly with `auth.user_case = "sensitive"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_user_matching_follows_user_case() {
+    for (user_case, reaches_scott) in [(None, true), (Some("sensitive"), false)] {
+        let server = Server::start_with(|s| {
+            hs256(s);
+            if let Some(case) = user_case {
+                s.auth.user_case =
+                    <orapush::config::UserCase as orapush::config::Named>::parse(case).unwrap();
+            }
+        })
+        .await;
+        // APEX's :APP_USER is upper-case; the DBA wrote lower case.
+        let token = apex_token(claims("SCOTT", &["emp"]));
+        let mut scott = connect(&server.ws_url(&format!("/ws?token={token}&channel=emp"))).await;
+        assert_eq!(next_json(&mut scott).await["type"], "subscribed");
+        let ids = insert_targeted(&server.db, &[("emp", "for you", Some("scott")), ("emp", "for all", None)]);
+        let first = next_json(&mut scott).await;
+        let expected = if reaches_scott { ids[0] } else { ids[1] };
+        assert_eq!(first["id"], expected.to_string(), "user_case {user_case:?}: {first}");
+        server.stop().await.unwrap();
+    }
+}

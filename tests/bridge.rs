@@ -424,3 +424,71 @@ async fn publishing_without_a_key_needs_loopback() {
     assert!(body["error"].as_str().unwrap().contains("api.publish_key"));
     server.stop().await.unwrap();
 }
+
+/// One channel rule on every path: `?channel=`, the subscribe frame and the publish API refuse the same names with the same error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_channel_rule_on_every_path() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let long = "x".repeat(300);
+    for bad in ["a b", "", long.as_str(), "✓"] {
+        let encoded: String = form_urlencoded::byte_serialize(bad.as_bytes()).collect();
+        let mut by_query = connect(&server.ws_url(&format!("/ws?channel={encoded}"))).await;
+        let from_query = next_json(&mut by_query).await;
+        assert_eq!(
+            (from_query["type"].as_str(), from_query["code"].as_str()),
+            (Some("error"), Some("bad_request"))
+        );
+        assert_eq!(from_query["channel"], bad, "{from_query}");
+        expect_pong_next(&mut by_query).await;
+
+        let mut by_frame = connect(&server.ws_url("/ws")).await;
+        send_json(&mut by_frame, serde_json::json!({"op": "subscribe", "channel": bad})).await;
+        let from_frame = next_json(&mut by_frame).await;
+        assert_eq!(from_frame["message"], from_query["message"], "{bad:?}");
+
+        let response = http
+            .post(server.url("/api/publish"))
+            .json(&serde_json::json!({"channel": bad, "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], from_query["message"], "{bad:?}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// `/api/status` shows the role and source, the backlog, connections and subscriptions per channel, dead letters of the last hour and totals; `/status` serves the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_api_shows_live_figures() {
+    let server = Server::start().await;
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&http_body(server.addr, "/api/status").unwrap()).unwrap()
+    };
+    let first = status();
+    assert_eq!(
+        (first["source"]["kind"].as_str(), first["source"]["role"].as_str()),
+        (Some("sqlite"), Some("active"))
+    );
+    let mut emp = connect(&server.ws_url("/ws?channel=emp")).await;
+    assert_eq!(next_json(&mut emp).await["type"], "subscribed");
+    insert(&server.db, &[("emp", "one"), ("bad channel", "never delivered")]);
+    assert_eq!(next_json(&mut emp).await["data"], serde_json::json!({"message": "one"}));
+    wait_until("the status shows the backlog, the subscriber and the dead letter", || {
+        let s = status();
+        s["outbox"]["backlog"] == 0
+            && s["connections"] == 1
+            && s["channels"] == serde_json::json!([{"channel": "emp", "subscribers": 1}])
+            && s["dead_letters_last_hour"][0]["channel"] == "bad channel"
+            && s["totals"]["drained"] == 1
+    })
+    .await;
+    let s = status();
+    assert!(s["outbox"]["checked_at"].as_str().unwrap().ends_with('Z'), "{s}");
+    assert!(s["dead_letters_last_hour"][0]["reason"].as_str().unwrap().contains("channel"), "{s}");
+    let page = http_body(server.addr, "/status").unwrap();
+    assert!(page.contains("/api/status"), "the page reads the API");
+    server.stop().await.unwrap();
+}

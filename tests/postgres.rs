@@ -222,7 +222,7 @@ async fn standby_takes_over_after_sigkill() {
     let mut seen_second = Vec::new();
     assert!(collect_ids(&mut on_second, &mut seen_second, |s| covers(s, &after)).await);
     wait_ready(second.addr);
-    assert_eq!(schema.count(&db).await, 0);
+    schema.wait_until_empty(&db).await;
     drop(first);
 }
 
@@ -274,7 +274,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
             let want: HashSet<i64> = producer.await.unwrap().into_iter().collect();
             assert!(collect_ids(&mut ws, &mut seen, |s| covers(s, &want)).await);
             let db = schema.client().await;
-            assert_eq!(schema.count(&db).await, 0);
+            schema.wait_until_empty(&db).await;
             let duplicates = seen.len() - want.len();
             assert!(duplicates <= BATCH * CRASHES, "{duplicates} duplicates");
             let mut first_seen = HashSet::new();
@@ -398,17 +398,9 @@ async fn least_privilege_role_is_enough() {
     assert_eq!(next_json(&mut ws).await["id"], ids[0].to_string());
     assert_eq!(next_json(&mut ws).await["id"], ids[2].to_string());
     let db = schema.client().await;
-    wait_until_async_count(&schema, &db).await;
-    server.stop().await.unwrap();
-    admin.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";")).await.unwrap();
-}
-
-async fn wait_until_async_count(schema: &PgSchema, db: &tokio_postgres::Client) {
-    let deadline = Instant::now() + PATIENCE;
-    while schema.count(db).await != 0 {
-        assert!(Instant::now() < deadline, "the outbox never emptied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    schema.wait_until_empty(&db).await;
     let dead: i64 = db.query_one("SELECT count(*) FROM orapush_dead_letter", &[]).await.unwrap().get(0);
     assert_eq!(dead, 1);
+    server.stop().await.unwrap();
+    admin.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";")).await.unwrap();
 }

@@ -44,8 +44,13 @@ async fn sigkill_mid_backlog_loses_nothing() {
     collect_ids(&mut ws, &mut seen, |_| false).await;
     let status = server.wait().await;
     assert!(!status.success());
-    let left = outbox_count(&db);
-    assert!(left > 0, "the kill came too late to test anything");
+    // Rows published while orapush is down wait for it too. (They also make
+    // the backlog after the kill certain: the kill races the drainer, which
+    // may have finished the first 5,000 by then on a fast machine.)
+    let tail: Vec<(&str, String)> =
+        (total..total + 100).map(|i| ("load", format!(r#"{{"n":{i}}}"#))).collect();
+    let borrowed: Vec<(&str, &str)> = tail.iter().map(|(c, p)| (*c, p.as_str())).collect();
+    let ids: Vec<i64> = ids.into_iter().chain(insert(&db, &borrowed)).collect();
 
     // What the crash left in the outbox goes aside until the subscriber is
     // back (a restarted orapush has a new epoch, so the client could not
@@ -234,4 +239,186 @@ fn oracle_without_instant_client_explains_dpi_1047() {
         }
         assert!(!stderr.contains("not-used"), "the password leaked");
     }
+}
+
+fn orapush() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_orapush"))
+}
+
+/// `orapush publish` refuses an outbox file that does not exist (a message there reaches no one) unless --create, and warns when nothing drains the file.
+#[test]
+fn publish_refuses_a_missing_outbox_and_warns_when_undrained() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nowhere.db");
+    let out =
+        orapush().args(["publish", "--sqlite"]).arg(&db).args(["--channel", "emp", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist") && stderr.contains("--create"), "{stderr}");
+    assert!(!db.exists(), "a refused publish must not create the file");
+
+    let out = orapush()
+        .args(["publish", "--create", "--sqlite"])
+        .arg(&db)
+        .args(["--channel", "emp", "x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no orapush is draining"), "{stderr}");
+    assert_eq!(outbox_count(&db), 1);
+}
+
+/// `orapush publish -` takes standard input without its trailing newline, and says nothing when orapush drains the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_from_stdin_strips_one_newline() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let server = Binary::spawn(&db, &[]);
+    let mut ws = connect(&server.ws_url("/ws?channel=emp")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let mut child = orapush()
+        .args(["publish", "--sqlite"])
+        .arg(&db)
+        .args(["--channel", "emp", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"REFRESH\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "orapush drains the file");
+    assert_eq!(next_json(&mut ws).await["data"], serde_json::json!({"message": "REFRESH"}));
+}
+
+/// `orapush subscribe` exits non-zero on a refused channel, finds the server through --config, and says how the server closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_command_exits_on_refusal_and_reads_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let server = Binary::spawn(&db, &[]);
+    let config = dir.path().join("orapush.toml");
+    std::fs::write(&config, format!("[server]\nlisten = \"{}\"\n", server.addr)).unwrap();
+
+    let refused = orapush()
+        .args(["subscribe", "--config"])
+        .arg(&config)
+        .args(["--channel", "my channel", "--timeout-ms", "15000"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("refused") && !stderr.contains("timed out"), "{stderr}");
+
+    let mut child = orapush()
+        .args(["subscribe", "--config"])
+        .arg(&config)
+        .args(["--channel", "emp", "--timeout-ms", "15000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("\"subscribed\""), "{first}");
+    server.signal(libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server closed the connection (1001, "), "{stderr}");
+    assert!(!stderr.contains("CloseFrame"), "{stderr}");
+    server.wait().await;
+}
+
+/// Logs written to a file carry no colour codes; a refused token is logged at warn with the peer, never the token; --log-format json writes JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_in_files_and_refusals_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["text", "json"] {
+        let log = dir.path().join(format!("{format}.log"));
+        let mut child = orapush()
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", format, "--sqlite"])
+            .arg(dir.path().join(format!("{format}.db")))
+            .env_remove("RUST_LOG")
+            .env("ORAPUSH__AUTH__MODE", "jwt")
+            .env("ORAPUSH__AUTH__HS256_SECRET", "a-secret-of-some-length")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        let addr = line.trim().strip_prefix("orapush listening on http://").unwrap().to_string();
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.not-a-signature";
+        let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}")).await;
+        assert!(refused.is_err());
+        let text = || std::fs::read_to_string(&log).unwrap();
+        wait_until("the refusal is logged", || text().contains("token refused")).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = text();
+        assert!(!text.contains('\u{1b}'), "{format}: colour codes in a file:\n{text}");
+        assert!(!text.contains("not-a-signature"), "the token leaked:\n{text}");
+        let refusal = text.lines().find(|l| l.contains("token refused")).unwrap();
+        assert!(refusal.contains("WARN") && refusal.contains("127.0.0.1:"), "{refusal}");
+        if format == "json" {
+            for l in text.lines() {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+            }
+        }
+    }
+}
+
+/// SIGTERM with a client that reads nothing (its socket full) still exits within server.shutdown_timeout_ms plus a small margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_its_deadline_with_a_client_that_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("orapush.log");
+    let mut child = orapush()
+        .args(["serve", "--listen", "127.0.0.1:0", "--sqlite"])
+        .arg(dir.path().join("o.db"))
+        .env("RUST_LOG", "warn")
+        .env("ORAPUSH__SERVER__SHUTDOWN_TIMEOUT_MS", "1000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr =
+        line.trim().strip_prefix("orapush listening on http://").unwrap().parse().unwrap();
+    wait_ready(addr);
+    // Subscribed, and then never reads a byte.
+    let _stuck = raw_websocket(addr, "/ws?channel=big").await;
+    let http = reqwest::Client::new();
+    let data = serde_json::Value::String("x".repeat(60_000));
+    // 18 MB: more than the loopback socket buffers on both sides hold.
+    for _ in 0..300 {
+        let response = http
+            .post(format!("http://{addr}/api/publish"))
+            .json(&serde_json::json!({"channel": "big", "data": data}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    // The stuck client was really stuck: shutdown had to cut it off.
+    assert!(logged.contains("did not close in time"), "{logged}");
+    eprintln!("shutdown took {took:?} with a 1000 ms timeout");
+    assert!(
+        took < std::time::Duration::from_millis(1000 + 700),
+        "shutdown took {took:?} with a 1000 ms timeout"
+    );
 }

@@ -186,6 +186,8 @@ CREATE OR REPLACE PACKAGE orapush AUTHID DEFINER AS
   FUNCTION wait_for_outbox(p_wait_seconds IN NUMBER) RETURN NUMBER;
   -- For orapush itself: messages AQ moved to the exception queue.
   FUNCTION exception_queue_count RETURN NUMBER;
+  -- For orapush's status page: messages waiting in ORAPUSH_Q.
+  FUNCTION queue_backlog RETURN NUMBER;
 END orapush;
 /
 -- A package that compiled with errors makes every call fail (ORA-04063):
@@ -311,6 +313,13 @@ CREATE OR REPLACE PACKAGE BODY orapush AS
     SELECT COUNT(*) INTO l_count FROM aq$orapush_qt WHERE queue = 'AQ$_ORAPUSH_QT_E';
     RETURN l_count;
   END exception_queue_count;
+
+  FUNCTION queue_backlog RETURN NUMBER IS
+    l_count NUMBER;
+  BEGIN
+    SELECT COUNT(*) INTO l_count FROM aq$orapush_qt WHERE queue = 'ORAPUSH_Q';
+    RETURN l_count;
+  END queue_backlog;
 END orapush;
 /
 BEGIN
@@ -349,9 +358,12 @@ END;
 ALTER TRIGGER orapush_outbox_wakeup ENABLE;
 
 -- The service user: read and delete outbox rows (SELECT allows FOR UPDATE),
--- dequeue, and call the package (drain lock, dead letters, the wake-up
--- wait). Nothing more.
+-- read the dead letters, dequeue, and call the package (drain lock, dead
+-- letters, the wake-up wait). Nothing more.
 GRANT SELECT, DELETE ON orapush_outbox TO &&app_user;
+-- Read-only, for orapush's status page (the dead letters of the last hour).
+GRANT SELECT ON orapush_dead_letter TO &&app_user;
+GRANT SELECT ON orapush_aq_dead_letter TO &&app_user;
 GRANT EXECUTE ON orapush TO &&app_user;
 BEGIN
   DBMS_AQADM.GRANT_QUEUE_PRIVILEGE(

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::config::Named;
 use crate::source::Role;
 use crate::state::AppState;
 

@@ -1,10 +1,11 @@
 //! HTTP routes: the WebSocket endpoints, health, readiness, metrics, the
-//! publish API (seed-compatible `POST /` and `POST /api/publish`) and the
-//! static browser client and demo page.
+//! status API and page, the publish API (seed-compatible `POST /` and
+//! `POST /api/publish`) and the static browser client and demo page.
 
 mod assets;
 mod health;
 mod publish;
+mod status;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/status", get(assets::status_page))
+        .route("/api/status", get(status::api_status))
         .route("/orapush.js", get(assets::client_js))
         .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .layer(DefaultBodyLimit::max(body_limit))

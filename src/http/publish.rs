@@ -28,13 +28,20 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Checks the publish key, or the loopback rule when no key is set.
+/// The credentials of an `Authorization: Bearer <key>` header. The scheme
+/// name is case-insensitive (RFC 7235 section 2.1): `bearer`, `BEARER`.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     match &state.settings.api.publish_key {
         Some(key) => {
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_credentials)
                 .unwrap_or("");
             if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
                 Ok(())
@@ -127,4 +134,19 @@ pub async fn api(
         "delivered": published.delivered,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Bearer scheme matches in any case; other schemes do not.
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer k3y-k3y-k3y", "bearer k3y-k3y-k3y", "BEARER  k3y-k3y-k3y "] {
+            assert_eq!(bearer_credentials(header), Some("k3y-k3y-k3y"), "{header}");
+        }
+        assert_eq!(bearer_credentials("Basic k3y"), None);
+        assert_eq!(bearer_credentials("Bearer"), None);
+    }
 }

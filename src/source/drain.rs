@@ -226,11 +226,13 @@ where
         let waited = match drain_pass(current, &handoff, &config, &metrics) {
             Ok(PassOutcome::Drained { full: true, .. }) => {
                 backoff.reset();
+                collect_stats(current, &status);
                 continue;
             }
             Ok(outcome) => {
                 backoff.reset();
                 debug!(?outcome, "pass done");
+                collect_stats(current, &status);
                 current.wait_for_work(config.poll_interval, &stop)
             }
             Err(PassError::HubClosed) => break,
@@ -250,6 +252,20 @@ where
     metrics.source_active.set(0);
     info!("drainer stopped");
     Ok(())
+}
+
+/// Collects the status page's figures between passes, when someone looks.
+fn collect_stats(store: &mut dyn OutboxStore, status: &SourceStatus) {
+    if !status.stats_due() {
+        return;
+    }
+    match store.stats() {
+        Ok(stats) => status.set_stats(stats),
+        Err(e) => {
+            debug!(error = %e, "could not collect the status figures");
+            status.stats_failed();
+        }
+    }
 }
 
 fn fail(e: &SourceError, status: &SourceStatus, metrics: &Metrics) {
@@ -278,6 +294,9 @@ mod tests {
             unreachable!("never connected")
         }
         fn abort(&mut self) {}
+        fn stats(&mut self) -> Result<crate::source::StoreStats, SourceError> {
+            unreachable!("never connected")
+        }
     }
 
     /// A standby answer given after the store waited itself is asked again at once, not after standby_retry.

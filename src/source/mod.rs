@@ -24,8 +24,9 @@ pub mod oracle;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Settings, SourceKind};
 use crate::message::OutboxRow;
@@ -51,6 +52,35 @@ pub trait OutboxStore {
         stop.sleep(timeout);
         Ok(())
     }
+
+    /// The backlog and the recent dead letters, for `/api/status` (asked
+    /// for only while someone looks, between passes; see [`drain`]).
+    fn stats(&mut self) -> Result<StoreStats, SourceError>;
+}
+
+/// What `/api/status` shows of the outbox itself.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoreStats {
+    /// Rows (or queued messages) waiting.
+    pub backlog: u64,
+    /// Age of the oldest waiting row, in seconds (0 when none; None when
+    /// the store cannot tell).
+    pub oldest_seconds: Option<f64>,
+    /// Dead letters of the last hour, newest first, at most [`DEAD_LETTERS_SHOWN`].
+    pub dead_letters: Vec<DeadLetterInfo>,
+}
+
+/// How many recent dead letters the status shows.
+pub const DEAD_LETTERS_SHOWN: usize = 50;
+
+/// One dead letter as the status page lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetterInfo {
+    pub id: String,
+    pub channel: String,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub failed_at: String,
 }
 
 /// A row that can never be delivered, and why.
@@ -135,7 +165,8 @@ impl Stopper {
     }
 }
 
-/// Readiness as `/readyz` and `/metrics` report it.
+/// Readiness as `/readyz` and `/metrics` report it, plus what `/api/status`
+/// shows of the source: its last stats and its last errors.
 #[derive(Clone, Default)]
 pub struct SourceStatus(Arc<Mutex<StatusInner>>);
 
@@ -144,7 +175,23 @@ pub struct StatusInner {
     pub role: Role,
     /// Why the source is not active, when it is not.
     pub reason: Option<String>,
+    /// The last stats the drainer collected, and when (RFC 3339).
+    pub stats: Option<(StoreStats, String)>,
+    /// The last source errors, oldest first: (RFC 3339 time, message).
+    pub errors: VecDeque<(String, String)>,
+    /// When `/api/status` last asked for stats; the drainer collects them
+    /// only while someone looks.
+    wanted: Option<Instant>,
+    collected: Option<Instant>,
 }
+
+/// Errors kept for the status page.
+pub const ERRORS_KEPT: usize = 20;
+
+/// Stats are collected at most this often, and only while asked for
+/// within [`STATS_WANTED_FOR`].
+const STATS_EVERY: Duration = Duration::from_secs(2);
+const STATS_WANTED_FOR: Duration = Duration::from_secs(30);
 
 /// What this instance is doing with its outbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,11 +215,23 @@ impl Role {
     }
 }
 
+/// Now, as RFC 3339 in UTC with whole seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 impl SourceStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
     fn set(&self, role: Role, reason: Option<&str>) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         s.role = role;
         s.reason = reason.map(str::to_owned);
+        if role != Role::Active {
+            // A standby's or a broken source's figures would be stale.
+            s.stats = None;
+        }
     }
     pub fn set_active(&self) {
         self.set(Role::Active, None);
@@ -182,9 +241,33 @@ impl SourceStatus {
     }
     pub fn set_down(&self, error: &str) {
         self.set(Role::Down, Some(error));
+        let mut s = self.lock();
+        s.errors.push_back((now_rfc3339(), error.to_owned()));
+        while s.errors.len() > ERRORS_KEPT {
+            s.errors.pop_front();
+        }
     }
     pub fn snapshot(&self) -> StatusInner {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().clone()
+    }
+    /// `/api/status` asks for fresh stats (collected by the drainer).
+    pub fn want_stats(&self) {
+        self.lock().wanted = Some(Instant::now());
+    }
+    /// True when the drainer should collect stats now.
+    pub fn stats_due(&self) -> bool {
+        let s = self.lock();
+        s.wanted.is_some_and(|w| w.elapsed() < STATS_WANTED_FOR)
+            && s.collected.is_none_or(|c| c.elapsed() >= STATS_EVERY)
+    }
+    pub fn set_stats(&self, stats: StoreStats) {
+        let mut s = self.lock();
+        s.stats = Some((stats, now_rfc3339()));
+        s.collected = Some(Instant::now());
+    }
+    /// A failed collection waits its turn like a good one.
+    pub fn stats_failed(&self) {
+        self.lock().collected = Some(Instant::now());
     }
 }
 

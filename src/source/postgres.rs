@@ -25,7 +25,9 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 use tracing::{debug, warn};
 
-use super::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
+use super::{
+    DeadLetter, DeadLetterInfo, OutboxStore, Publisher, SourceError, Stopper, StoreStats, DEAD_LETTERS_SHOWN,
+};
 use crate::config::PostgresSettings;
 use crate::message::{validate_channel, OutboxRow};
 
@@ -53,6 +55,8 @@ struct Statements {
     dead_letter: String,
     delete: String,
     publish: String,
+    backlog: String,
+    recent_dead: String,
 }
 
 impl Statements {
@@ -75,6 +79,15 @@ impl Statements {
             delete: format!("DELETE FROM {outbox} WHERE id = ANY($1)"),
             publish: format!(
                 "INSERT INTO {outbox} (channel, payload, target_user) VALUES ($1, $2, $3) RETURNING id"
+            ),
+            backlog: format!(
+                "SELECT count(*), coalesce(EXTRACT(EPOCH FROM (now() - min(created_at))), 0)::float8 FROM {outbox}"
+            ),
+            recent_dead: format!(
+                "SELECT id::text, channel::text, reason::text, \
+                 to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                 FROM {dead} WHERE failed_at > now() - interval '1 hour' \
+                 ORDER BY failed_at DESC, id DESC LIMIT $1"
             ),
         }
     }
@@ -300,6 +313,29 @@ impl OutboxStore for PgOutbox {
             let _ = self.client.batch_execute("ROLLBACK");
             self.in_transaction = false;
         }
+    }
+
+    fn stats(&mut self) -> Result<StoreStats, SourceError> {
+        let row =
+            self.client.query_one(&self.sql.backlog, &[]).map_err(|e| self.error(&e, "count the backlog"))?;
+        let (backlog, oldest_seconds): (i64, f64) = (row.get(0), row.get(1));
+        let dead_letters = self
+            .client
+            .query(&self.sql.recent_dead, &[&(DEAD_LETTERS_SHOWN as i64)])
+            .map_err(|e| self.error(&e, "list dead letters"))?
+            .iter()
+            .map(|r| DeadLetterInfo {
+                id: r.get(0),
+                channel: r.get(1),
+                reason: r.get(2),
+                failed_at: r.get(3),
+            })
+            .collect();
+        Ok(StoreStats {
+            backlog: backlog.max(0) as u64,
+            oldest_seconds: Some(oldest_seconds.max(0.0)),
+            dead_letters,
+        })
     }
 
     fn wait_for_work(&mut self, timeout: Duration, stop: &Stopper) -> Result<(), SourceError> {

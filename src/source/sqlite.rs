@@ -22,7 +22,9 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{DeadLetter, OutboxStore, Publisher, SourceError};
+use super::{
+    DeadLetter, DeadLetterInfo, OutboxStore, Publisher, SourceError, StoreStats, DEAD_LETTERS_SHOWN,
+};
 use crate::config::SqliteSettings;
 use crate::message::{validate_channel, OutboxRow};
 
@@ -42,6 +44,11 @@ pub struct SqliteOutbox {
     _drain_lock: Option<std::fs::File>,
 }
 
+/// The lock file beside the outbox that the one drainer holds.
+fn drain_lock_path(path: &Path) -> String {
+    format!("{}.drain-lock", path.display())
+}
+
 impl SqliteOutbox {
     /// Opens (and creates, with its tables) the outbox file, to publish.
     pub fn open(settings: &SqliteSettings) -> Result<Self, SourceError> {
@@ -51,7 +58,7 @@ impl SqliteOutbox {
     /// Opens the outbox to drain it: also takes the single-drainer lock.
     pub fn open_for_draining(settings: &SqliteSettings) -> Result<Self, SourceError> {
         let mut outbox = Self::open(settings)?;
-        let lock_path = format!("{}.drain-lock", settings.path.display());
+        let lock_path = drain_lock_path(&settings.path);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -72,6 +79,16 @@ impl SqliteOutbox {
         }
         outbox._drain_lock = Some(file);
         Ok(outbox)
+    }
+
+    /// True when an orapush holds the file's drain lock right now (for
+    /// `orapush publish`'s warning). Takes nothing: a free lock is released
+    /// at once.
+    pub fn drainer_running(path: &Path) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(drain_lock_path(path)) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
     }
 
     pub fn open_path(path: &Path, busy_timeout: Duration) -> Result<Self, SourceError> {
@@ -167,6 +184,42 @@ impl OutboxStore for SqliteOutbox {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+
+    fn stats(&mut self) -> Result<StoreStats, SourceError> {
+        let (backlog, oldest_seconds) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce((julianday('now') - julianday(min(created_at))) * 86400.0, 0) \
+                 FROM orapush_outbox",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
+            )
+            .map_err(|e| Self::error("count the backlog", e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, channel, reason, strftime('%Y-%m-%dT%H:%M:%SZ', failed_at) FROM orapush_dead_letter \
+                 WHERE failed_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 hour') \
+                 ORDER BY failed_at DESC, id DESC LIMIT ?1",
+            )
+            .map_err(|e| Self::error("list dead letters", e))?;
+        let dead_letters = stmt
+            .query_map([DEAD_LETTERS_SHOWN as i64], |r| {
+                Ok(DeadLetterInfo {
+                    id: r.get::<_, i64>(0)?.to_string(),
+                    channel: r.get(1)?,
+                    reason: r.get(2)?,
+                    failed_at: r.get(3)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| Self::error("list dead letters", e))?;
+        Ok(StoreStats {
+            backlog: backlog.max(0) as u64,
+            oldest_seconds: Some(oldest_seconds.max(0.0)),
+            dead_letters,
+        })
     }
 }
 

@@ -42,6 +42,7 @@ pub fn upgrade(
             Ok(identity) => Some(identity),
             Err(e) => {
                 state.metrics.limit_hit("bad_token");
+                state.session.access.log_refusal(peer, &e);
                 let body = Json(serde_json::json!({ "error": e.to_string() }));
                 return (StatusCode::UNAUTHORIZED, body).into_response();
             }
@@ -74,7 +75,7 @@ pub fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let _slot = slot;
-                session::run(socket, conn, mode, identity, ctx).await;
+                session::run(socket, conn, peer, mode, identity, ctx).await;
             })
         })
 }

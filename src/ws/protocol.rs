@@ -49,14 +49,20 @@ pub enum ClientFrame {
 pub struct ProtocolError {
     pub code: &'static str,
     pub message: String,
+    /// The channel a refused subscribe or unsubscribe named, so a client
+    /// knows which of its requests was refused.
+    pub channel: Option<String>,
 }
 
 impl ProtocolError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { code: "bad_request", message: message.into() }
+        Self::new("bad_request", message)
     }
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), channel: None }
+    }
+    pub fn on_channel(self, channel: &str) -> Self {
+        Self { channel: Some(channel.to_owned()), ..self }
     }
 }
 
@@ -75,7 +81,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
     let channel = || -> Result<String, ProtocolError> {
         match fields.get("channel") {
             Some(Value::String(c)) => {
-                validate_channel(c).map_err(|e| ProtocolError::bad_request(e.to_string()))?;
+                validate_channel(c).map_err(|e| ProtocolError::bad_request(e.to_string()).on_channel(c))?;
                 Ok(c.clone())
             }
             Some(_) => Err(ProtocolError::bad_request("\"channel\" must be a string")),
@@ -110,11 +116,26 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerFrame<'a> {
-    Subscribed { channel: &'a str, epoch: &'a str, offset: u64, recovered: bool },
-    Unsubscribed { channel: &'a str },
+    Subscribed {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+    },
+    Unsubscribed {
+        channel: &'a str,
+    },
     Pong,
-    Auth { sub: Option<&'a str>, exp: u64 },
-    Error { code: &'a str, message: &'a str },
+    Auth {
+        sub: Option<&'a str>,
+        exp: u64,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+    },
 }
 
 fn render(frame: &ServerFrame<'_>) -> String {
@@ -138,7 +159,7 @@ pub fn authenticated(sub: Option<&str>, exp: u64) -> String {
 }
 
 pub fn error(e: &ProtocolError) -> String {
-    render(&ServerFrame::Error { code: e.code, message: &e.message })
+    render(&ServerFrame::Error { code: e.code, message: &e.message, channel: e.channel.as_deref() })
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tracing::debug;
 use super::protocol::{self, close, ClientFrame, ProtocolError};
 use crate::auth::{now_unix, Access, Identity};
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
+use crate::message::validate_channel;
 use crate::metrics::Metrics;
 
 /// Frames written per flush at most.
@@ -83,6 +85,8 @@ enum Next {
 
 struct Session {
     conn: ConnId,
+    /// The client's address, for the logs.
+    peer: SocketAddr,
     sink: SplitSink<WebSocket, WsMessage>,
     subscriber: Subscriber,
     channels: HashSet<String>,
@@ -97,6 +101,7 @@ struct Session {
 pub async fn run(
     socket: WebSocket,
     conn: ConnId,
+    peer: SocketAddr,
     mode: Mode,
     identity: Option<Identity>,
     ctx: Arc<SessionContext>,
@@ -108,11 +113,12 @@ pub async fn run(
         Mode::Legacy => ctx.access.permits(identity.as_ref()).map(Arc::from),
         Mode::Protocol { .. } => None,
     };
-    let user = identity.as_ref().and_then(|id| id.sub.as_deref()).map(Arc::from);
+    let user = identity.as_ref().and_then(|id| id.sub.as_deref()).map(|sub| ctx.access.user_key(sub));
     let subscriber = Subscriber { conn, tx, kick: CancellationToken::new(), user, permits };
     let frame_tokens = f64::from(ctx.config.frames_per_second);
     let mut session = Session {
         conn,
+        peer,
         sink,
         subscriber,
         channels: HashSet::new(),
@@ -309,6 +315,10 @@ impl Session {
         vec![protocol::error(&ProtocolError::new(code, message)).into()]
     }
 
+    fn refuse_channel(code: &'static str, channel: &str, message: String) -> Vec<Utf8Bytes> {
+        vec![protocol::error(&ProtocolError::new(code, message).on_channel(channel)).into()]
+    }
+
     /// Acts on a client frame and writes the answer.
     async fn answer(&mut self, frame: Result<ClientFrame, ProtocolError>) -> Next {
         let mut next = Next::Continue;
@@ -325,7 +335,7 @@ impl Session {
                     self.ctx.hub.unsubscribe(&channel, self.conn);
                     vec![protocol::unsubscribed(&channel).into()]
                 } else {
-                    Self::refuse("not_subscribed", format!("not subscribed to {channel:?}"))
+                    Self::refuse_channel("not_subscribed", &channel, format!("not subscribed to {channel:?}"))
                 }
             }
             Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(channel, since),
@@ -336,14 +346,24 @@ impl Session {
         next
     }
 
+    /// Every way to subscribe (frame, `?channel=`) comes here, so one
+    /// channel rule applies, with one error.
     fn subscribe(&mut self, channel: String, since: Option<crate::hub::Position>) -> Vec<Utf8Bytes> {
+        if let Err(e) = validate_channel(&channel) {
+            return Self::refuse_channel("bad_request", &channel, e.to_string());
+        }
         if !self.ctx.access.may_subscribe(self.identity.as_ref(), &channel) {
-            return Self::refuse("forbidden", format!("not allowed to subscribe to {channel:?}"));
+            return Self::refuse_channel(
+                "forbidden",
+                &channel,
+                format!("not allowed to subscribe to {channel:?}"),
+            );
         }
         if self.channels.len() >= self.ctx.config.max_subscriptions && !self.channels.contains(&channel) {
             self.ctx.metrics.limit_hit("subscriptions");
-            return Self::refuse(
+            return Self::refuse_channel(
                 "limit",
+                &channel,
                 format!("at most {} subscriptions per connection", self.ctx.config.max_subscriptions),
             );
         }
@@ -355,9 +375,11 @@ impl Session {
                 self.channels.insert(channel);
                 replies
             }
-            Err(AlreadySubscribed) => {
-                Self::refuse("already_subscribed", format!("already subscribed to {channel:?}"))
-            }
+            Err(AlreadySubscribed) => Self::refuse_channel(
+                "already_subscribed",
+                &channel,
+                format!("already subscribed to {channel:?}"),
+            ),
         }
     }
 
@@ -373,6 +395,7 @@ impl Session {
             Ok(identity) => identity,
             Err(e) => {
                 self.ctx.metrics.limit_hit("bad_token");
+                self.ctx.access.log_refusal(self.peer, &e);
                 return (
                     Self::refuse("unauthorized", e.to_string()),
                     Next::Close(close::POLICY, "bad token"),
@@ -380,7 +403,8 @@ impl Session {
             }
         };
         if let Some(current) = &self.identity {
-            if current.sub != identity.sub {
+            let key = |id: &Identity| id.sub.as_deref().map(|sub| self.ctx.access.user_key(sub));
+            if key(current) != key(&identity) {
                 let why = "a connection's user cannot change; reconnect instead".to_string();
                 return (Self::refuse("unauthorized", why), Next::Close(close::POLICY, "user changed"));
             }
@@ -398,7 +422,7 @@ impl Session {
             self.ctx.hub.unsubscribe(&channel, self.conn);
             replies.push(protocol::unsubscribed(&channel).into());
         }
-        let user: Option<Arc<str>> = identity.sub.as_deref().map(Arc::from);
+        let user: Option<Arc<str>> = identity.sub.as_deref().map(|sub| self.ctx.access.user_key(sub));
         if self.subscriber.user != user {
             self.subscriber.user = user.clone();
             self.ctx.hub.set_user(self.conn, self.channels.iter().map(String::as_str), user);

@@ -416,6 +416,21 @@ impl PgSchema {
     pub async fn count(&self, client: &tokio_postgres::Client) -> i64 {
         client.query_one("SELECT count(*) FROM orapush_outbox", &[]).await.unwrap().get(0)
     }
+
+    /// Waits (with a deadline) until the outbox is empty. A client has its
+    /// rows before the drainer deletes them and commits, so "delivered"
+    /// never implies "deleted yet".
+    pub async fn wait_until_empty(&self, client: &tokio_postgres::Client) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let left = self.count(client).await;
+            if left == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{left} rows still in the outbox");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for PgSchema {

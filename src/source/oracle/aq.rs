@@ -51,7 +51,7 @@ use super::{classify, drain_lock_name, drop_session, hex, DrainLock, SessionSour
 use crate::config::OracleSettings;
 use crate::message::{validate_channel, OutboxRow};
 use crate::metrics::Metrics;
-use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
+use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper, StoreStats};
 
 /// How often the drainer counts the exception queue and reads the
 /// database's clock again (a daylight-saving change moves its local time).
@@ -61,6 +61,11 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 pub const DEAD_LETTER_SQL: &str = "BEGIN ORAPUSH.DEAD_LETTER_AQ(:1, :2, :3); END;";
 pub const EXCEPTION_COUNT_SQL: &str = "BEGIN :1 := ORAPUSH.EXCEPTION_QUEUE_COUNT; END;";
 pub const PUBLISH_SQL: &str = "BEGIN :1 := ORAPUSH.PUBLISH_AQ_ID(:2, :3, :4); END;";
+pub const BACKLOG_SQL: &str = "BEGIN :1 := ORAPUSH.QUEUE_BACKLOG; END;";
+pub const RECENT_DEAD_SQL: &str = "SELECT LOWER(RAWTOHEX(msgid)), NULL, reason, \
+     TO_CHAR(SYS_EXTRACT_UTC(failed_at), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+     FROM ORAPUSH_AQ_DEAD_LETTER WHERE failed_at > SYSTIMESTAMP - INTERVAL '1' HOUR \
+     ORDER BY failed_at DESC FETCH FIRST :1 ROWS ONLY";
 pub const CLOCK_SQL: &str = "SELECT CAST(SYSTIMESTAMP AS TIMESTAMP), SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM dual";
 
 /// The message body `ORAPUSH.PUBLISH_AQ` enqueues.
@@ -358,6 +363,27 @@ impl OutboxStore for OracleAq {
     fn abort(&mut self) {
         let _ = self.conn.rollback();
         self.batch.clear();
+    }
+
+    /// The backlog of the install script's queue (a queue of your own is
+    /// not counted: the status shows no backlog then), and the poison
+    /// messages of the last hour.
+    fn stats(&mut self) -> Result<StoreStats, SourceError> {
+        if self.exceptions.is_none() {
+            return Err(SourceError::transient(format!(
+                "{} is not the install script's queue",
+                self.queue_name
+            )));
+        }
+        let result = (|| {
+            let backlog = self
+                .conn
+                .execute(BACKLOG_SQL, &[&oracle::sql_type::OracleType::Number(0, 0)])?
+                .bind_value::<_, i64>(1)?;
+            let dead_letters = super::outbox::recent_dead_letters(&self.conn, RECENT_DEAD_SQL)?;
+            Ok(StoreStats { backlog: backlog.max(0) as u64, oldest_seconds: None, dead_letters })
+        })();
+        result.map_err(|e: oracle::Error| self.error(&e, "read the status figures"))
     }
 
     /// The dequeue itself waited for messages; come straight back to it.

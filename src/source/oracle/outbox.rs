@@ -35,7 +35,9 @@ use tracing::{debug, warn};
 use super::{classify, drain_lock_name, drop_session, wait_seconds, DrainLock, SessionSource};
 use crate::config::OracleSettings;
 use crate::message::{validate_channel, OutboxRow};
-use crate::source::{DeadLetter, OutboxStore, Publisher, SourceError, Stopper};
+use crate::source::{
+    DeadLetter, DeadLetterInfo, OutboxStore, Publisher, SourceError, Stopper, StoreStats, DEAD_LETTERS_SHOWN,
+};
 
 /// SQL text. Names are unqualified: every session sets CURRENT_SCHEMA to
 /// `oracle.schema` (see the module doc of [`super`]).
@@ -47,16 +49,16 @@ pub struct OutboxSql {
     pub publish: String,
     /// `:1` status out (0 an alert came, 1 timed out), `:2` wait seconds.
     pub wait: String,
+    /// The status page's figures: backlog and oldest age; recent dead letters.
+    pub backlog: String,
+    pub recent_dead: String,
     pub lock_name: String,
 }
 
 impl OutboxSql {
     pub fn new(schema: &str) -> Self {
-        // Seconds since created_at, with fractions, from an INTERVAL DAY TO SECOND.
-        let age = "(EXTRACT(DAY FROM (SYSTIMESTAMP - o.created_at)) * 86400 \
-                   + EXTRACT(HOUR FROM (SYSTIMESTAMP - o.created_at)) * 3600 \
-                   + EXTRACT(MINUTE FROM (SYSTIMESTAMP - o.created_at)) * 60 \
-                   + EXTRACT(SECOND FROM (SYSTIMESTAMP - o.created_at)))";
+        let age = seconds_since("o.created_at");
+        let oldest_age = seconds_since("oldest");
         Self {
             claim: format!(
                 "SELECT /*+ INDEX_ASC(o (id)) */ o.id, o.channel, o.payload, o.target_user, {age} \
@@ -66,9 +68,42 @@ impl OutboxSql {
             dead_letter: "BEGIN ORAPUSH.DEAD_LETTER(:1, :2); END;".into(),
             publish: "BEGIN :1 := ORAPUSH.PUBLISH_ID(:2, :3, :4); END;".into(),
             wait: "BEGIN :1 := ORAPUSH.WAIT_FOR_OUTBOX(:2); END;".into(),
+            backlog: format!(
+                "SELECT n, NVL({oldest_age}, 0) FROM (SELECT COUNT(*) n, MIN(created_at) oldest FROM ORAPUSH_OUTBOX)"
+            ),
+            recent_dead: "SELECT TO_CHAR(id), channel, reason, \
+                          TO_CHAR(SYS_EXTRACT_UTC(failed_at), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                          FROM ORAPUSH_DEAD_LETTER WHERE failed_at > SYSTIMESTAMP - INTERVAL '1' HOUR \
+                          ORDER BY failed_at DESC, id DESC FETCH FIRST :1 ROWS ONLY"
+                .into(),
             lock_name: drain_lock_name(&format!("{schema}.ORAPUSH_OUTBOX")),
         }
     }
+}
+
+/// Seconds since a TIMESTAMP WITH TIME ZONE expression, with fractions,
+/// from the INTERVAL DAY TO SECOND that subtracting it gives.
+fn seconds_since(at: &str) -> String {
+    format!(
+        "(EXTRACT(DAY FROM (SYSTIMESTAMP - {at})) * 86400 + EXTRACT(HOUR FROM (SYSTIMESTAMP - {at})) * 3600 \
+         + EXTRACT(MINUTE FROM (SYSTIMESTAMP - {at})) * 60 + EXTRACT(SECOND FROM (SYSTIMESTAMP - {at})))"
+    )
+}
+
+/// The dead letters of the last hour, from a `(id, channel, reason,
+/// failed_at)` query whose `:1` is the row limit.
+pub(super) fn recent_dead_letters(conn: &Connection, sql: &str) -> oracle::Result<Vec<DeadLetterInfo>> {
+    let rows =
+        conn.query_as::<(String, Option<String>, String, String)>(sql, &[&(DEAD_LETTERS_SHOWN as i64)])?;
+    rows.map(|r| {
+        r.map(|(id, channel, reason, failed_at)| DeadLetterInfo {
+            id,
+            channel: channel.unwrap_or_default(),
+            reason,
+            failed_at,
+        })
+    })
+    .collect()
 }
 
 pub struct OracleOutbox {
@@ -215,6 +250,19 @@ impl OutboxStore for OracleOutbox {
 
     fn abort(&mut self) {
         let _ = self.conn.rollback();
+    }
+
+    fn stats(&mut self) -> Result<StoreStats, SourceError> {
+        let result = (|| {
+            let (backlog, oldest_seconds) = self.conn.query_row_as::<(i64, f64)>(&self.sql.backlog, &[])?;
+            let dead_letters = recent_dead_letters(&self.conn, &self.sql.recent_dead)?;
+            Ok(StoreStats {
+                backlog: backlog.max(0) as u64,
+                oldest_seconds: Some(oldest_seconds.max(0.0)),
+                dead_letters,
+            })
+        })();
+        result.map_err(|e: oracle::Error| self.error(&e, "read the status figures"))
     }
 
     /// Waits for the outbox alert in slices of `oracle.wait_ms` (so a stop
