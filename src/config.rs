@@ -300,11 +300,27 @@ pub struct HubSettings {
     pub history_size: usize,
     /// Frames queued per connection before it counts as too slow and is closed.
     pub subscriber_queue_size: usize,
+    /// A channel's history is dropped this long after its last message (and
+    /// the channel itself, when nobody is subscribed).
+    pub history_ttl_s: u64,
+    /// Cap of all channels' history together, in bytes of frames; the
+    /// channels published least recently lose their history first.
+    pub history_max_bytes: usize,
+    /// Where a graceful stop saves the channels' epochs, offsets and history
+    /// for the next start (default: `<sqlite.path>.hub-state` for the SQLite
+    /// source; none for the others unless set).
+    pub state_path: Option<PathBuf>,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
-        Self { history_size: 1000, subscriber_queue_size: 1024 }
+        Self {
+            history_size: 1000,
+            subscriber_queue_size: 1024,
+            history_ttl_s: 300,
+            history_max_bytes: 64 * 1024 * 1024,
+            state_path: None,
+        }
     }
 }
 
@@ -569,6 +585,12 @@ impl Settings {
         if self.hub.history_size > 1_000_000 {
             return Err(ConfigError::key("hub.history_size", "must be at most 1000000"));
         }
+        if self.hub.history_ttl_s == 0 {
+            return Err(ConfigError::key("hub.history_ttl_s", "must be above 0"));
+        }
+        if self.hub.history_max_bytes < 64 * 1024 {
+            return Err(ConfigError::key("hub.history_max_bytes", "must be at least 65536"));
+        }
         if s.max_connections == 0 || s.max_connections_per_ip == 0 {
             return Err(ConfigError::key(
                 "server.max_connections",
@@ -732,6 +754,18 @@ impl Settings {
             listen.to_socket_addrs().map_err(|e| not_an_address(e.to_string()))?.collect();
         addrs.sort_by_key(|a| !a.is_ipv4());
         addrs.into_iter().next().ok_or_else(|| not_an_address("the name resolves to no address".into()))
+    }
+
+    /// Where a graceful stop saves the hub's state: `hub.state_path`, or
+    /// beside the SQLite outbox; None (no saving) for other sources unless set.
+    pub fn hub_state_path(&self) -> Option<PathBuf> {
+        match (&self.hub.state_path, self.source.kind) {
+            (Some(path), _) => Some(path.clone()),
+            (None, SourceKind::Sqlite) => {
+                Some(PathBuf::from(format!("{}.hub-state", self.sqlite.path.display())))
+            }
+            (None, _) => None,
+        }
     }
 
     /// The legacy `/` channel filter, parsed (validated at load).

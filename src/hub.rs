@@ -2,8 +2,20 @@
 //! overflow policy.
 //!
 //! Invariants:
-//! - Each channel numbers its messages 1, 2, 3… with no gap, under one
-//!   per-process random `epoch` (a restart starts a new epoch).
+//! - Each channel numbers its messages 1, 2, 3… with no gap, under its own
+//!   random `epoch`, made when the channel is: a channel forgotten and made
+//!   again (a restart, or no subscriber and no history left) starts a new
+//!   epoch, so no client is told it recovered when it did not.
+//! - History is bounded three ways: `hub.history_size` messages per
+//!   channel; `hub.history_ttl_s` after a channel's last message (then the
+//!   history goes, and the channel too when nobody is subscribed); and
+//!   `hub.history_max_bytes` for all channels together (the channels
+//!   published least recently lose their history first). [`Hub::sweep`]
+//!   applies the last two, once a second and when a publish goes over twice
+//!   the budget. A `since` inside a dropped range gets `recovered: false`.
+//! - A graceful stop saves every channel's epoch, offset and history
+//!   ([`Hub::save`]); the next start loads them and deletes the file, so
+//!   after a crash there is nothing to load and every epoch is new.
 //! - A message is serialised to its frame once; every subscriber gets a
 //!   cheap clone of the same bytes.
 //! - Publishing never waits on a subscriber. Each connection has one bounded
@@ -19,7 +31,9 @@
 //! - The lock is a std `Mutex`, never held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
@@ -28,7 +42,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::UserCase;
+use crate::config::{HubSettings, UserCase};
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
 
@@ -93,11 +107,32 @@ pub struct Subscribed {
 }
 
 /// The outcome of one publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    pub epoch: Arc<str>,
     pub offset: u64,
     /// Connections the frame was queued to.
     pub delivered: usize,
+}
+
+/// How much history the hub keeps (see the module doc).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub history_max_bytes: usize,
+    pub user_case: UserCase,
+}
+
+impl HubConfig {
+    pub fn from_settings(hub: &HubSettings, user_case: UserCase) -> Self {
+        Self {
+            history_size: hub.history_size,
+            history_ttl: Duration::from_secs(hub.history_ttl_s),
+            history_max_bytes: hub.history_max_bytes,
+            user_case,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,10 +146,8 @@ pub struct Hub {
 
 struct HubInner {
     state: Mutex<State>,
-    epoch: String,
-    history_size: usize,
+    config: HubConfig,
     legacy_patterns: Vec<ChannelPattern>,
-    user_case: UserCase,
     metrics: Metrics,
 }
 
@@ -123,13 +156,52 @@ struct State {
     channels: HashMap<String, Channel>,
     /// Connections on the legacy `/` endpoint: they get the bare `data`.
     legacy: HashMap<ConnId, Subscriber>,
+    /// All channels' history together: frames and their bytes.
+    history_messages: usize,
+    history_bytes: usize,
+    /// Memory freed by sweeps since the allocator was last asked to give
+    /// freed pages back (roughly: history bytes, plus a guess per channel).
+    freed_untrimmed: usize,
 }
 
-#[derive(Default)]
+impl State {
+    /// Forgets a channel's history (its numbering stays).
+    fn drop_history(&mut self, name: &str) {
+        if let Some(channel) = self.channels.get_mut(name) {
+            self.history_messages -= channel.history.len();
+            self.history_bytes -= channel.history.iter().map(|k| k.frame.len()).sum::<usize>();
+            channel.history = VecDeque::new();
+        }
+    }
+}
+
 struct Channel {
+    epoch: Arc<str>,
     last_offset: u64,
+    /// When the last message was published (history lives `history_ttl` past it).
+    last_publish: Instant,
     history: VecDeque<Kept>,
     subscribers: HashMap<ConnId, Subscriber>,
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self::resumed(new_epoch(), 0)
+    }
+
+    fn resumed(epoch: Arc<str>, last_offset: u64) -> Self {
+        Self {
+            epoch,
+            last_offset,
+            last_publish: Instant::now(),
+            history: VecDeque::new(),
+            subscribers: HashMap::new(),
+        }
+    }
+}
+
+fn new_epoch() -> Arc<str> {
+    Arc::from(format!("{:08x}", rand::rng().random::<u32>()))
 }
 
 /// A published frame kept for recovery.
@@ -137,6 +209,32 @@ struct Kept {
     offset: u64,
     target_user: Option<String>,
     frame: Utf8Bytes,
+}
+
+/// What [`Hub::save`] writes.
+#[derive(Serialize, serde::Deserialize)]
+struct SavedState {
+    version: u32,
+    channels: Vec<SavedChannel>,
+}
+
+impl SavedState {
+    const VERSION: u32 = 1;
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct SavedChannel {
+    name: String,
+    epoch: String,
+    last_offset: u64,
+    history: Vec<SavedFrame>,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct SavedFrame {
+    offset: u64,
+    target_user: Option<String>,
+    frame: String,
 }
 
 #[derive(Serialize)]
@@ -151,27 +249,15 @@ struct MessageFrame<'a> {
 }
 
 impl Hub {
-    pub fn new(
-        history_size: usize,
-        legacy_patterns: Vec<ChannelPattern>,
-        user_case: UserCase,
-        metrics: Metrics,
-    ) -> Self {
-        let epoch = format!("{:08x}", rand::rng().random::<u32>());
+    pub fn new(config: HubConfig, legacy_patterns: Vec<ChannelPattern>, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 state: Mutex::new(State::default()),
-                epoch,
-                history_size,
+                config,
                 legacy_patterns,
-                user_case,
                 metrics,
             }),
         }
-    }
-
-    pub fn epoch(&self) -> &str {
-        &self.inner.epoch
     }
 
     /// Subscribers per channel, by name, for the status page (channels
@@ -188,6 +274,11 @@ impl Hub {
         counts
     }
 
+    /// The epoch of a channel, when the hub has it.
+    pub fn epoch_of(&self, channel: &str) -> Option<String> {
+        self.state().channels.get(channel).map(|c| c.epoch.to_string())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the maps consistent (every
         // mutation is a single insert/remove), so poisoning is not fatal.
@@ -199,14 +290,15 @@ impl Hub {
     pub fn publish(&self, msg: &Message, receipt: Option<&Receipt>) -> Published {
         let metrics = &self.inner.metrics;
         let mut state = self.state();
-        let State { channels, legacy } = &mut *state;
-        let channel = channels.entry(msg.channel.clone()).or_default();
+        let State { channels, legacy, history_messages, history_bytes, .. } = &mut *state;
+        let channel = channels.entry(msg.channel.clone()).or_insert_with(Channel::new);
         channel.last_offset += 1;
+        channel.last_publish = Instant::now();
         let offset = channel.last_offset;
         let frame: Utf8Bytes = serde_json::to_string(&MessageFrame {
             kind: "message",
             channel: &msg.channel,
-            epoch: &self.inner.epoch,
+            epoch: &channel.epoch,
             offset,
             id: &msg.id,
             data: &msg.data,
@@ -216,7 +308,7 @@ impl Hub {
 
         // Compared in the form `auth.user_case` gives (subscribers' users are
         // kept in that form too).
-        let target_key = msg.target_user.as_deref().map(|u| self.inner.user_case.key(u));
+        let target_key = msg.target_user.as_deref().map(|u| self.inner.config.user_case.key(u));
         let target = target_key.as_deref();
         let mut delivered = 0;
         channel.subscribers.retain(|_, sub| {
@@ -245,13 +337,92 @@ impl Hub {
             });
         }
 
-        if self.inner.history_size > 0 {
+        let config = &self.inner.config;
+        if config.history_size > 0 {
+            *history_bytes += frame.len();
+            *history_messages += 1;
             channel.history.push_back(Kept { offset, target_user: target_key, frame });
-            while channel.history.len() > self.inner.history_size {
-                channel.history.pop_front();
+            while channel.history.len() > config.history_size {
+                if let Some(old) = channel.history.pop_front() {
+                    *history_bytes -= old.frame.len();
+                    *history_messages -= 1;
+                }
             }
         }
-        Published { offset, delivered }
+        let published = Published { epoch: channel.epoch.clone(), offset, delivered };
+        if *history_bytes > config.history_max_bytes.saturating_mul(2) {
+            let _ = self.sweep_locked(&mut state, Instant::now());
+        }
+        self.update_gauges(&state);
+        published
+    }
+
+    /// Drops history past its time (`history_ttl`) and, over the memory
+    /// budget, the history of the channels published least recently; then
+    /// the channels left with no history and no subscriber. Run once a
+    /// second by the server.
+    pub fn sweep(&self) {
+        let mut state = self.state();
+        let freed_much = self.sweep_locked(&mut state, Instant::now());
+        self.update_gauges(&state);
+        drop(state);
+        if freed_much {
+            give_memory_back();
+        }
+    }
+
+    /// True when sweeps freed enough (channels or history) to be worth
+    /// giving the memory back to the system: 1 MiB, or everything.
+    fn sweep_locked(&self, state: &mut State, now: Instant) -> bool {
+        let bytes_before = state.history_bytes;
+        let config = &self.inner.config;
+        let expired: Vec<String> = state
+            .channels
+            .iter()
+            .filter(|(_, c)| {
+                !c.history.is_empty() && now.duration_since(c.last_publish) >= config.history_ttl
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            state.drop_history(name);
+        }
+        if state.history_bytes > config.history_max_bytes {
+            let mut by_age: Vec<(Instant, String)> = state
+                .channels
+                .iter()
+                .filter(|(_, c)| !c.history.is_empty())
+                .map(|(name, c)| (c.last_publish, name.clone()))
+                .collect();
+            by_age.sort();
+            for (_, name) in by_age {
+                if state.history_bytes <= config.history_max_bytes {
+                    break;
+                }
+                state.drop_history(&name);
+            }
+        }
+        let channels = &mut state.channels;
+        let before = channels.len();
+        channels.retain(|_, c| !(c.history.is_empty() && c.subscribers.is_empty()));
+        if channels.len() < channels.capacity() / 4 {
+            // Most of the table is empty: give its memory back too.
+            channels.shrink_to_fit();
+        }
+        state.freed_untrimmed += (bytes_before - state.history_bytes) + (before - state.channels.len()) * 512;
+        let worth_it =
+            state.freed_untrimmed >= 1 << 20 || (state.history_bytes == 0 && state.freed_untrimmed > 0);
+        if worth_it {
+            state.freed_untrimmed = 0;
+        }
+        worth_it
+    }
+
+    fn update_gauges(&self, state: &State) {
+        let metrics = &self.inner.metrics;
+        metrics.hub_channels.set(state.channels.len() as i64);
+        metrics.hub_history_messages.set(state.history_messages as i64);
+        metrics.hub_history_bytes.set(state.history_bytes as i64);
     }
 
     /// Adds a subscriber to a channel and, when `since` is given, returns the
@@ -263,7 +434,7 @@ impl Hub {
         since: Option<&Position>,
     ) -> Result<Subscribed, AlreadySubscribed> {
         let mut state = self.state();
-        let channel = state.channels.entry(channel_name.to_owned()).or_default();
+        let channel = state.channels.entry(channel_name.to_owned()).or_insert_with(Channel::new);
         if channel.subscribers.contains_key(&sub.conn) {
             return Err(AlreadySubscribed);
         }
@@ -272,12 +443,15 @@ impl Hub {
             Some(pos) => self.recover(channel, pos, sub.user.as_deref()),
         };
         channel.subscribers.insert(sub.conn, sub);
+        let subscribed =
+            Subscribed { epoch: channel.epoch.to_string(), offset: channel.last_offset, recovered, replay };
         self.inner.metrics.subscriptions.inc();
-        Ok(Subscribed { epoch: self.inner.epoch.clone(), offset: channel.last_offset, recovered, replay })
+        self.update_gauges(&state);
+        Ok(subscribed)
     }
 
     fn recover(&self, channel: &Channel, since: &Position, user: Option<&str>) -> (bool, Vec<Utf8Bytes>) {
-        if since.epoch != self.inner.epoch || since.offset > channel.last_offset {
+        if *since.epoch != *channel.epoch || since.offset > channel.last_offset {
             return (false, Vec::new());
         }
         if since.offset == channel.last_offset {
@@ -309,6 +483,7 @@ impl Hub {
         if removed {
             self.inner.metrics.subscriptions.dec();
             drop_if_idle(&mut state.channels, channel_name);
+            self.update_gauges(&state);
         }
         removed
     }
@@ -325,6 +500,7 @@ impl Hub {
             }
         }
         state.legacy.remove(&conn);
+        self.update_gauges(&state);
     }
 
     /// Sets the user of a connection's subscriptions (after an `auth`
@@ -343,6 +519,75 @@ impl Hub {
         }
     }
 
+    /// Saves every channel's epoch, offset and history to `path` (written
+    /// to a temporary file, then renamed); returns how many channels.
+    pub fn save(&self, path: &Path) -> std::io::Result<usize> {
+        let saved = {
+            let state = self.state();
+            SavedState {
+                version: SavedState::VERSION,
+                channels: state
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| c.last_offset > 0)
+                    .map(|(name, c)| SavedChannel {
+                        name: name.clone(),
+                        epoch: c.epoch.to_string(),
+                        last_offset: c.last_offset,
+                        history: c
+                            .history
+                            .iter()
+                            .map(|k| SavedFrame {
+                                offset: k.offset,
+                                target_user: k.target_user.clone(),
+                                frame: k.frame.as_str().to_owned(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(saved.channels.len())
+    }
+
+    /// Loads what [`Hub::save`] wrote, then deletes the file: a crash after
+    /// this start must not resume these epochs. Returns how many channels
+    /// (0 without a file).
+    pub fn load(&self, path: &Path) -> std::io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(path)?;
+        let saved: SavedState = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        if saved.version != SavedState::VERSION {
+            return Err(std::io::Error::other(format!("unknown state version {}", saved.version)));
+        }
+        let mut state = self.state();
+        let count = saved.channels.len();
+        let history_size = self.inner.config.history_size;
+        for c in saved.channels {
+            let mut channel = Channel::resumed(Arc::from(c.epoch), c.last_offset);
+            let skip = c.history.len().saturating_sub(history_size);
+            for f in c.history.into_iter().skip(skip) {
+                state.history_bytes += f.frame.len();
+                state.history_messages += 1;
+                channel.history.push_back(Kept {
+                    offset: f.offset,
+                    target_user: f.target_user,
+                    frame: f.frame.into(),
+                });
+            }
+            state.channels.insert(c.name, channel);
+        }
+        self.update_gauges(&state);
+        Ok(count)
+    }
+
     /// Adds a connection of the legacy `/` endpoint.
     pub fn add_legacy(&self, sub: Subscriber) {
         self.state().legacy.insert(sub.conn, sub);
@@ -351,6 +596,17 @@ impl Hub {
     /// The channel's latest offset (0 when nothing was published yet).
     pub fn last_offset(&self, channel_name: &str) -> u64 {
         self.state().channels.get(channel_name).map_or(0, |c| c.last_offset)
+    }
+}
+
+/// Returns freed heap pages to the system. glibc's allocator keeps them in
+/// its arenas after a mass free (200,000 channels dropped at once), so the
+/// RSS would never come back down.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -391,8 +647,17 @@ fn drop_if_idle(channels: &mut HashMap<String, Channel>, name: &str) {
 mod tests {
     use super::*;
 
+    fn config(history_size: usize) -> HubConfig {
+        HubConfig {
+            history_size,
+            history_ttl: Duration::from_secs(300),
+            history_max_bytes: 64 << 20,
+            user_case: UserCase::Insensitive,
+        }
+    }
+
     fn hub(history: usize) -> Hub {
-        Hub::new(history, vec![ChannelPattern::Any], UserCase::Insensitive, Metrics::new())
+        Hub::new(config(history), vec![ChannelPattern::Any], Metrics::new())
     }
 
     fn subscriber(conn: ConnId, queue: usize, user: Option<&str>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
@@ -435,7 +700,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out.frame).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"type":"message","channel":"emp","epoch":h.epoch(),"offset":1,"id":"1","data":{"message":"REFRESH"}})
+            serde_json::json!({"type":"message","channel":"emp","epoch":h.epoch_of("emp").unwrap(),"offset":1,"id":"1","data":{"message":"REFRESH"}})
         );
     }
 
@@ -447,7 +712,7 @@ mod tests {
             h.publish(&msg("c", "x"), None);
         }
         let (sub, _rx) = subscriber(1, 16, None);
-        let pos = Position { epoch: h.epoch().into(), offset: 3 };
+        let pos = Position { epoch: h.epoch_of("c").unwrap(), offset: 3 };
         let s = h.subscribe("c", sub, Some(&pos)).unwrap();
         assert!(s.recovered);
         assert_eq!(s.offset, 7);
@@ -463,8 +728,8 @@ mod tests {
         }
         let cases = [
             Position { epoch: "other".into(), offset: 9 },
-            Position { epoch: h.epoch().into(), offset: 11 },
-            Position { epoch: h.epoch().into(), offset: 6 },
+            Position { epoch: h.epoch_of("c").unwrap(), offset: 11 },
+            Position { epoch: h.epoch_of("c").unwrap(), offset: 6 },
         ];
         for (i, pos) in cases.iter().enumerate() {
             let (sub, _rx) = subscriber(i as u64, 16, None);
@@ -473,7 +738,8 @@ mod tests {
             assert!(s.replay.is_empty());
         }
         let (sub, _rx) = subscriber(99, 16, None);
-        let s = h.subscribe("c", sub, Some(&Position { epoch: h.epoch().into(), offset: 7 })).unwrap();
+        let s =
+            h.subscribe("c", sub, Some(&Position { epoch: h.epoch_of("c").unwrap(), offset: 7 })).unwrap();
         assert!(s.recovered);
         assert_eq!(offsets(&s.replay), vec![8, 9, 10]);
     }
@@ -515,8 +781,99 @@ mod tests {
         assert!(alice_rx.try_recv().is_ok());
         assert!(bob_rx.try_recv().is_err() && anon_rx.try_recv().is_err());
         let (late_bob, _rx) = subscriber(4, 16, Some("bob"));
-        let s = h.subscribe("c", late_bob, Some(&Position { epoch: h.epoch().into(), offset: 0 })).unwrap();
+        let s = h
+            .subscribe("c", late_bob, Some(&Position { epoch: h.epoch_of("c").unwrap(), offset: 0 }))
+            .unwrap();
         assert!(s.recovered && s.replay.is_empty());
+    }
+
+    fn channel_count(h: &Hub) -> usize {
+        h.state().channels.len()
+    }
+
+    /// Each channel has its own epoch, and a channel forgotten and made again gets a new one.
+    #[test]
+    fn epochs_are_per_channel_and_change_when_the_numbering_restarts() {
+        let h = hub(0);
+        h.publish(&msg("a", "x"), None);
+        let (sub, _rx) = subscriber(1, 16, None);
+        let first = h.subscribe("a", sub, None).unwrap();
+        let (sub, _rx) = subscriber(2, 16, None);
+        let other = h.subscribe("b", sub, None).unwrap();
+        assert_ne!(first.epoch, other.epoch);
+        h.unsubscribe("a", 1);
+        // No subscriber and no history: forgotten, so its numbering restarts…
+        assert_eq!(h.epoch_of("a"), None);
+        let again = h.publish(&msg("a", "x"), None);
+        assert_eq!(again.offset, 1);
+        // …under a new epoch: a client's old position cannot pass for this one.
+        assert_ne!(&*again.epoch, first.epoch.as_str());
+    }
+
+    /// History past its time goes, and the channel with it when nobody listens; a `since` into it is not recovered.
+    #[test]
+    fn history_expires_after_its_ttl() {
+        let h = Hub::new(
+            HubConfig { history_ttl: Duration::from_millis(0), ..config(10) },
+            vec![ChannelPattern::Any],
+            Metrics::new(),
+        );
+        for name in ["quiet", "kept"] {
+            h.publish(&msg(name, "x"), None);
+        }
+        let epoch = h.epoch_of("kept").unwrap();
+        let (sub, _rx) = subscriber(1, 16, None);
+        h.subscribe("kept", sub, None).unwrap();
+        h.sweep();
+        assert_eq!(h.epoch_of("quiet"), None, "no subscriber, no history: gone");
+        assert_eq!(h.epoch_of("kept").as_deref(), Some(epoch.as_str()), "subscribed: kept, numbering too");
+        assert_eq!(h.inner.metrics.hub_history_messages.get(), 0);
+        assert_eq!(channel_count(&h), 1);
+        let (sub, _rx) = subscriber(2, 16, None);
+        let s = h.subscribe("kept", sub, Some(&Position { epoch, offset: 0 })).unwrap();
+        assert!(!s.recovered, "the missed message's history was dropped");
+    }
+
+    /// Over the memory budget, the channels published least recently lose their history first.
+    #[test]
+    fn history_stays_within_its_byte_budget() {
+        let h = Hub::new(
+            HubConfig { history_max_bytes: 2_000, ..config(100) },
+            vec![ChannelPattern::Any],
+            Metrics::new(),
+        );
+        let payload = "y".repeat(200);
+        for i in 0..20 {
+            h.publish(&msg(&format!("c{i}"), &payload), None);
+        }
+        h.sweep();
+        let bytes = h.inner.metrics.hub_history_bytes.get();
+        assert!(bytes > 0 && bytes <= 2_000, "{bytes} bytes kept");
+        assert!(h.epoch_of("c19").is_some(), "the newest channel keeps its history");
+        assert_eq!(h.epoch_of("c0"), None, "the oldest went");
+    }
+
+    /// What save writes, load brings back (epochs, offsets, history), and the file is gone after.
+    #[test]
+    fn save_and_load_keep_the_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let h = hub(10);
+        for _ in 0..3 {
+            h.publish(&msg("c", "x"), None);
+        }
+        let epoch = h.epoch_of("c").unwrap();
+        assert_eq!(h.save(&path).unwrap(), 1);
+        let resumed = hub(10);
+        assert_eq!(resumed.load(&path).unwrap(), 1);
+        assert!(!path.exists(), "a crash after this start must not resume again");
+        assert_eq!(resumed.epoch_of("c").as_deref(), Some(epoch.as_str()));
+        assert_eq!(resumed.publish(&msg("c", "x"), None).offset, 4);
+        let (sub, _rx) = subscriber(1, 16, None);
+        let s = resumed.subscribe("c", sub, Some(&Position { epoch, offset: 1 })).unwrap();
+        assert!(s.recovered);
+        assert_eq!(offsets(&s.replay), vec![2, 3, 4]);
+        assert_eq!(hub(10).load(&path).unwrap(), 0, "no file, nothing to load");
     }
 
     /// The receipt completes only when every queued frame is gone.

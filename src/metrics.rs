@@ -36,6 +36,11 @@ pub struct Inner {
     pub source_active: IntGauge,
     /// 1 while the source is connected.
     pub source_connected: IntGauge,
+    /// Channels the hub knows (with subscribers or history).
+    pub hub_channels: IntGauge,
+    /// Frames kept for recovery, all channels together, and their bytes.
+    pub hub_history_messages: IntGauge,
+    pub hub_history_bytes: IntGauge,
     /// Messages in the AQ exception queue (AQ$_ORAPUSH_QT_E), checked once a
     /// minute by the `oracle_aq` drainer; 0 for other sources.
     pub aq_exception_messages: IntGauge,
@@ -101,6 +106,9 @@ impl Metrics {
             outbox_lag_seconds: lag,
             source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),
             source_connected: gauge("orapush_source_connected", "1 while the source is connected"),
+            hub_channels: gauge("orapush_hub_channels", "Channels the hub knows (subscribers or history)"),
+            hub_history_messages: gauge("orapush_hub_history_messages", "Frames kept for recovery"),
+            hub_history_bytes: gauge("orapush_hub_history_bytes", "Bytes of the frames kept for recovery"),
             aq_exception_messages: gauge(
                 "orapush_aq_exception_queue_messages",
                 "Messages AQ moved to the exception queue AQ$_ORAPUSH_QT_E (oracle_aq)",

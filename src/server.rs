@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::auth::Access;
 use crate::config::{Settings, SourceKind};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::source::drain::{self, DrainConfig, Handoff};
 use crate::source::oracle::aq::OracleAq;
@@ -55,11 +55,22 @@ pub async fn run(
     let local_addr = listener.local_addr().context("reading the listener's address")?;
     let metrics = Metrics::new();
     let hub = Hub::new(
-        settings.hub.history_size,
+        HubConfig::from_settings(&settings.hub, settings.auth.user_case),
         settings.legacy_patterns(),
-        settings.auth.user_case,
         metrics.clone(),
     );
+    if let Some(path) = settings.hub_state_path() {
+        match hub.load(&path) {
+            Ok(0) => {}
+            Ok(channels) => {
+                info!(path = %path.display(), channels, "resumed the channels saved at the last stop")
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not load the saved channels; starting new epochs")
+            }
+        }
+    }
+    let sweeper = tokio::spawn(sweep_history(hub.clone()));
     let source_status = SourceStatus::default();
 
     let (handoff, batches) = Handoff::channel();
@@ -95,7 +106,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let state = AppState {
         settings: settings.clone(),
-        hub,
+        hub: hub.clone(),
         metrics,
         source_status,
         session,
@@ -154,8 +165,29 @@ pub async fn run(
         Ok(Ok(())) => {}
     }
     dispatcher.abort();
+    sweeper.abort();
+    if let Some(path) = settings.hub_state_path() {
+        // Only after a graceful stop: the drainer is done, so nothing is
+        // numbered after this.
+        match hub.save(&path) {
+            Ok(channels) => info!(path = %path.display(), channels, "saved the channels for the next start"),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not save the channels; the next start begins new epochs")
+            }
+        }
+    }
     info!("orapush stopped");
     source_result.map_err(|e| anyhow::anyhow!("source: {e}"))
+}
+
+/// Applies the history's time limit and memory budget once a second.
+async fn sweep_history(hub: Hub) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        hub.sweep();
+    }
 }
 
 /// Starts the configured source's drainer thread, which connects by itself;

@@ -422,3 +422,84 @@ async fn shutdown_keeps_its_deadline_with_a_client_that_reads_nothing() {
         "shutdown took {took:?} with a 1000 ms timeout"
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A graceful stop keeps every channel's epoch: rows inserted while orapush was stopped reach a client resubscribing with its old position as recovered messages; after SIGKILL the epoch is new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_survives_a_graceful_restart_but_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    for (signal, survives) in [(libc::SIGTERM, true), (libc::SIGKILL, false)] {
+        let server = Binary::spawn(&db, &[]);
+        let mut ws = connect(&server.ws_url("/ws?channel=emp")).await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        insert(&db, &[("emp", "before")]);
+        let last = next_json(&mut ws).await;
+        let (epoch, offset) = (last["epoch"].clone(), last["offset"].clone());
+        wait_until("the row is deleted", || outbox_count(&db) == 0).await;
+        server.signal(signal);
+        let status = server.wait().await;
+        assert_eq!(status.success(), signal == libc::SIGTERM);
+        let missed = insert(&db, &[("emp", "while stopped 1"), ("emp", "while stopped 2")]);
+
+        let server = Binary::spawn(&db, &[]);
+        wait_until("the rows inserted while stopped are drained", || outbox_count(&db) == 0).await;
+        let mut ws = connect(&server.ws_url("/ws")).await;
+        send_json(&mut ws, serde_json::json!({"op": "subscribe", "channel": "emp", "since": {"epoch": epoch, "offset": offset}})).await;
+        let subscribed = next_json(&mut ws).await;
+        assert_eq!(subscribed["recovered"], survives, "after {signal}: {subscribed}");
+        if survives {
+            assert_eq!(subscribed["epoch"], epoch);
+            for id in &missed {
+                assert_eq!(next_json(&mut ws).await["id"], id.to_string());
+            }
+        } else {
+            assert_ne!(subscribed["epoch"], epoch, "a crash must not resume the old numbering");
+        }
+        expect_pong_next(&mut ws).await;
+        server.signal(libc::SIGKILL);
+        server.wait().await;
+    }
+}
+
+/// 200,000 channels with one message each: after hub.history_ttl_s the channel and history gauges fall to 0 and the RSS comes back within 20% of where it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_many_channels_expires_and_memory_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let server = Binary::spawn(&db, &[("ORAPUSH__HUB__HISTORY_TTL_S", "2")]);
+    let payload = "x".repeat(100);
+    // Where it started: serving, with its code paged in and its caches
+    // (SQLite's pages, the allocator's arenas) warm from a first 20,000
+    // channels, gone after the TTL.
+    let warm_up: Vec<(String, &str)> = (0..20_000).map(|i| (format!("warm.{i}"), payload.as_str())).collect();
+    let warm_up: Vec<(&str, &str)> = warm_up.iter().map(|(c, p)| (c.as_str(), *p)).collect();
+    insert(&db, &warm_up);
+    wait_until("the warm-up is drained", || outbox_count(&db) == 0).await;
+    wait_for_metric(server.addr, "orapush_hub_channels 0").await;
+    let before = rss_kib(server.pid());
+    let rows: Vec<(String, &str)> = (0..200_000).map(|i| (format!("user.{i}"), payload.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = rows.iter().map(|(c, p)| (c.as_str(), *p)).collect();
+    insert(&db, &borrowed);
+    let mut peak = before;
+    wait_until("all rows are drained", || {
+        peak = peak.max(rss_kib(server.pid()));
+        outbox_count(&db) == 0
+    })
+    .await;
+    wait_for_metric(server.addr, "orapush_hub_channels 0").await;
+    wait_for_metric(server.addr, "orapush_hub_history_bytes 0").await;
+    assert!(peak > before + 20_000, "the channels never took memory: {before} -> {peak} KiB");
+    let mut after = 0;
+    wait_until("the RSS is back within 20% of where it started", || {
+        after = rss_kib(server.pid());
+        (after as f64) <= before as f64 * 1.2
+    })
+    .await;
+    eprintln!("RSS: {before} KiB at start, {peak} KiB at the peak, {after} KiB after the TTL");
+}

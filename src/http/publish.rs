@@ -129,7 +129,7 @@ pub async fn api(
     state.metrics.messages_published_http.inc();
     Json(json!({
         "channel": message.channel,
-        "epoch": state.hub.epoch(),
+        "epoch": &*published.epoch,
         "offset": published.offset,
         "delivered": published.delivered,
     }))
