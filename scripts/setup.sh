@@ -4,6 +4,7 @@
 #     docker-compose (validates docker-compose.yml; no Docker engine needed)
 #   - the browser test's npm packages (tests/browser, playwright-core)
 #   - PostgreSQL on 127.0.0.1:5432 with database `test` (started if down)
+#   - redis-server (the Redis broker's tests start private ones on Unix sockets)
 # Run as root or with sudo available. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   sudo_if_needed apt-get update -qq

@@ -18,6 +18,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`auth`] | token verification (JWT) and channel permissions |
+//! | [`broker`] | numbering and history shared by several nodes (Redis; not yet wired into `serve`) |
 //! | [`config`] | the typed settings tree; defaults → TOML → `ORAPUSH__*` env → flags; `validate()` |
 //! | [`message`] | the row → message rule (seed JSON rule), channel names and patterns |
 //! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
@@ -31,6 +32,7 @@
 //! | [`subscribe`] | `orapush subscribe`: a command-line WebSocket client |
 
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;

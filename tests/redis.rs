@@ -1,0 +1,163 @@
+//! The Redis broker's publish and recovery against a real `redis-server`
+//! (Debian's package; scripts/setup.sh installs it where missing). Each test
+//! starts its own server on a Unix socket in a temporary directory, so it
+//! can flush or kill it without touching any other Redis, and no port is
+//! picked (a port found free can be taken before the server binds it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use orapush::broker::redis::{decode_live, Keys, Numbered, Publication, RedisBroker};
+use orapush::hub::Position;
+use orapush::message::Message;
+
+/// A private `redis-server`, stopped on drop.
+struct RedisServer {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        let server = Self { child, socket, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(channel: &str, id: &str, payload: &str) -> Message {
+    Message::from_payload(id, channel, None, payload, 1 << 16).unwrap()
+}
+
+async fn broker(server: &RedisServer, history: usize) -> RedisBroker {
+    RedisBroker::connect(&server.url(), "test", history, Duration::from_secs(300)).await.unwrap()
+}
+
+fn publications<'a>(messages: &'a [Message], rows: &[Option<&str>]) -> Vec<Publication<'a>> {
+    messages
+        .iter()
+        .zip(rows)
+        .map(|(m, row)| Publication { message: m, row: row.map(str::to_owned), target_key: None })
+        .collect()
+}
+
+/// A batch is numbered per channel, gap-free, under one epoch per channel, and its frames are the hub's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_numbered_per_channel() {
+    let server = RedisServer::start();
+    let mut broker = broker(&server, 100).await;
+    let messages = [message("emp", "1", "a"), message("dept", "2", "b"), message("emp", "3", r#"{"n":3}"#)];
+    let got =
+        broker.publish(&publications(&messages, &[Some("sqlite:1"), Some("sqlite:2"), None])).await.unwrap();
+    assert_eq!(got.iter().map(|n| n.offset).collect::<Vec<_>>(), vec![1, 1, 2]);
+    assert!(got.iter().all(|n| n.fresh));
+    assert_eq!(got[0].epoch, got[2].epoch);
+    let history =
+        broker.history("emp", Some(&Position { epoch: got[0].epoch.clone(), offset: 0 })).await.unwrap();
+    assert!(history.recovered);
+    let frames: Vec<serde_json::Value> =
+        history.frames.iter().map(|(_, _, f)| serde_json::from_str(f).unwrap()).collect();
+    assert_eq!(
+        frames[1],
+        serde_json::json!({"type":"message","channel":"emp","epoch":got[0].epoch,"offset":2,"id":"3","data":{"n":3}})
+    );
+}
+
+/// A source row handed over again (after a crash) gets its first offset back and is not published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_row_keeps_its_offset() {
+    let server = RedisServer::start();
+    let mut broker = broker(&server, 100).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let (mut sink, mut live) = client.get_async_pubsub().await.unwrap().split();
+    sink.subscribe(Keys::new("test").live("emp")).await.unwrap();
+
+    let messages = [message("emp", "41", "a"), message("emp", "42", "b")];
+    let first =
+        broker.publish(&publications(&messages, &[Some("sqlite:41"), Some("sqlite:42")])).await.unwrap();
+    let again = [message("emp", "42", "b"), message("emp", "43", "c")];
+    let second =
+        broker.publish(&publications(&again, &[Some("sqlite:42"), Some("sqlite:43")])).await.unwrap();
+    assert_eq!(second[0], Numbered { fresh: false, ..first[1].clone() });
+    assert_eq!((second[1].offset, second[1].fresh), (3, true));
+
+    let mut offsets = Vec::new();
+    while offsets.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), live.next()).await.unwrap().unwrap();
+        let frame = decode_live(msg.get_payload_bytes()).unwrap();
+        offsets.push(frame.offset);
+    }
+    assert_eq!(offsets, vec![1, 2, 3], "row 42 was published once");
+}
+
+/// Recovery from the stream: exactly what was missed; not when the epoch differs or the stream no longer reaches back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_comes_from_the_stream() {
+    let server = RedisServer::start();
+    let mut broker = broker(&server, 3).await;
+    let messages: Vec<Message> = (1..=5).map(|i| message("c", &i.to_string(), "x")).collect();
+    let rows: Vec<Option<&str>> = vec![None; 5];
+    let got = broker.publish(&publications(&messages, &rows)).await.unwrap();
+    let epoch = got[0].epoch.clone();
+    let at = |offset| Position { epoch: epoch.clone(), offset };
+
+    let h = broker.history("c", Some(&at(3))).await.unwrap();
+    assert!(h.recovered);
+    assert_eq!(h.frames.iter().map(|f| f.0).collect::<Vec<_>>(), vec![4, 5]);
+    assert!(broker.history("c", Some(&at(5))).await.unwrap().recovered, "nothing missed");
+    let trimmed = broker.history("c", Some(&at(1))).await.unwrap();
+    assert!(!trimmed.recovered && trimmed.frames.is_empty(), "the stream keeps 3: 2 is gone");
+    let other = broker.history("c", Some(&Position { epoch: "other".into(), offset: 4 })).await.unwrap();
+    assert!(!other.recovered);
+    let ahead = broker.history("c", Some(&at(9))).await.unwrap();
+    assert!(!ahead.recovered);
+    let none = broker.history("c", None).await.unwrap();
+    assert_eq!((none.epoch.as_deref(), none.offset, none.recovered), (Some(epoch.as_str()), 5, false));
+}
+
+/// When Redis loses its data, numbering restarts under a new epoch, so no old position passes for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_data_means_a_new_epoch() {
+    let server = RedisServer::start();
+    let mut broker = broker(&server, 10).await;
+    let first = broker.publish(&publications(&[message("c", "1", "x")], &[None])).await.unwrap();
+    let mut admin =
+        redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    // The script cache survives FLUSHALL; SCRIPT FLUSH stands for a restart.
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    let after = broker.publish(&publications(&[message("c", "2", "y")], &[None])).await.unwrap();
+    assert_eq!(after[0].offset, 1);
+    assert_ne!(after[0].epoch, first[0].epoch);
+    let h = broker.history("c", Some(&Position { epoch: first[0].epoch.clone(), offset: 1 })).await.unwrap();
+    assert!(!h.recovered);
+}
