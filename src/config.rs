@@ -29,6 +29,8 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub oracle: OracleSettings,
     pub hub: HubSettings,
+    pub broker: BrokerSettings,
+    pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub legacy: LegacySettings,
     pub api: ApiSettings,
@@ -414,6 +416,61 @@ impl Default for LegacySettings {
     }
 }
 
+/// Where channels are numbered and their history kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    /// In this process (one node).
+    #[default]
+    Memory,
+    /// In Redis, shared by every node (see README "Scaling out").
+    Redis,
+}
+
+impl Named for BrokerKind {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("memory", BrokerKind::Memory), ("redis", BrokerKind::Redis)];
+}
+named_enum!(BrokerKind);
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    pub kind: BrokerKind,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port/db`, `rediss://` for TLS, or
+    /// `redis+unix:///path`; may hold a password, so it is a secret.
+    pub url: Secret,
+    /// Prefix of every key and channel, so deployments can share a Redis.
+    pub prefix: String,
+    /// How often each node reports its subscriber counts (for `POST /`'s
+    /// "Send to N clients" summed over the nodes).
+    pub report_interval_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("redis://127.0.0.1:6379/0"),
+            prefix: "orapush".into(),
+            report_interval_ms: 1000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// `host:port/db` (or the socket path) of the URL, never the password.
+    pub fn describe(&self) -> String {
+        match redis::IntoConnectionInfo::into_connection_info(self.url.expose()) {
+            Ok(info) => format!("{}/{}", info.addr(), info.redis_settings().db()),
+            Err(_) => "an invalid URL".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
@@ -626,6 +683,24 @@ impl Settings {
             }
         }
         self.validate_auth()?;
+        if self.broker.kind == BrokerKind::Redis {
+            let redis = &self.redis;
+            // The URL may carry a password: the message never repeats it.
+            if let Err(e) = redis::Client::open(redis.url.expose()) {
+                return Err(ConfigError::key("redis.url", format!("is not a Redis URL ({:?})", e.kind())));
+            }
+            let prefix_ok = !redis.prefix.is_empty()
+                && redis.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+            if !prefix_ok {
+                return Err(ConfigError::key(
+                    "redis.prefix",
+                    "must be letters, digits and _ . : - (no braces)",
+                ));
+            }
+            if redis.report_interval_ms < 100 {
+                return Err(ConfigError::key("redis.report_interval_ms", "must be at least 100"));
+            }
+        }
         validate_channel(&self.legacy.publish_channel)
             .map_err(|e| ConfigError::key("legacy.publish_channel", e))?;
         for pattern in &self.legacy.channels {
@@ -759,6 +834,10 @@ impl Settings {
     /// Where a graceful stop saves the hub's state: `hub.state_path`, or
     /// beside the SQLite outbox; None (no saving) for other sources unless set.
     pub fn hub_state_path(&self) -> Option<PathBuf> {
+        if self.broker.kind == BrokerKind::Redis {
+            // Redis keeps the numbering and the history.
+            return None;
+        }
         match (&self.hub.state_path, self.source.kind) {
             (Some(path), _) => Some(path.clone()),
             (None, SourceKind::Sqlite) => {

@@ -115,6 +115,38 @@ pub struct Published {
     pub delivered: usize,
 }
 
+/// A frame numbered by the broker, as it reaches this node.
+pub struct RemoteFrame<'a> {
+    pub channel: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
+    pub target_key: Option<&'a str>,
+    pub frame: &'a str,
+    /// The message's `data` alone, for legacy `/` sockets (None: none here).
+    pub data: Option<&'a str>,
+}
+
+/// What happened to a remote frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteDelivery {
+    /// Queued to this many connections.
+    Delivered(usize),
+    /// Seen already (a replayed gap, a redelivery).
+    Duplicate,
+    /// Frames after `last` are missing: fill them from the stream first.
+    Gap { last: u64 },
+    /// Another epoch: the numbering restarted.
+    NewEpoch,
+}
+
+/// A channel's history as the broker read it (see `broker::redis::History`).
+pub struct RemoteHistory {
+    pub epoch: Option<String>,
+    pub offset: u64,
+    pub recovered: bool,
+    pub frames: Vec<(u64, Option<String>, String)>,
+}
+
 /// How much history the hub keeps (see the module doc).
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -159,9 +191,8 @@ struct State {
     /// All channels' history together: frames and their bytes.
     history_messages: usize,
     history_bytes: usize,
-    /// Memory freed by sweeps since the allocator was last asked to give
-    /// freed pages back (roughly: history bytes, plus a guess per channel).
-    freed_untrimmed: usize,
+    /// Channels were resumed from a saved state (see [`Hub::forget_resumed`]).
+    resumed: bool,
 }
 
 impl State {
@@ -175,9 +206,17 @@ impl State {
     }
 }
 
+/// A live frame held for a subscriber whose history is being read:
+/// `(offset, target user key, frame)`.
+type Buffered = (u64, Option<Arc<str>>, Utf8Bytes);
+
 struct Channel {
+    /// Empty while a remote-numbered channel has no numbering seen yet.
     epoch: Arc<str>,
     last_offset: u64,
+    /// Remote numbering: subscribers whose history is being read, and the
+    /// live frames that came meanwhile (see [`Hub::finish_remote_subscribe`]).
+    pending: HashMap<ConnId, Vec<Buffered>>,
     /// When the last message was published (history lives `history_ttl` past it).
     last_publish: Instant,
     history: VecDeque<Kept>,
@@ -193,6 +232,7 @@ impl Channel {
         Self {
             epoch,
             last_offset,
+            pending: HashMap::new(),
             last_publish: Instant::now(),
             history: VecDeque::new(),
             subscribers: HashMap::new(),
@@ -363,16 +403,15 @@ impl Hub {
     /// second by the server.
     pub fn sweep(&self) {
         let mut state = self.state();
-        let freed_much = self.sweep_locked(&mut state, Instant::now());
+        let freed = self.sweep_locked(&mut state, Instant::now());
         self.update_gauges(&state);
         drop(state);
-        if freed_much {
+        if freed {
             give_memory_back();
         }
     }
 
-    /// True when sweeps freed enough (channels or history) to be worth
-    /// giving the memory back to the system: 1 MiB, or everything.
+    /// True when it freed anything (channels or history).
     fn sweep_locked(&self, state: &mut State, now: Instant) -> bool {
         let bytes_before = state.history_bytes;
         let config = &self.inner.config;
@@ -404,18 +443,14 @@ impl Hub {
         }
         let channels = &mut state.channels;
         let before = channels.len();
-        channels.retain(|_, c| !(c.history.is_empty() && c.subscribers.is_empty()));
+        channels.retain(|_, c| !(c.history.is_empty() && c.subscribers.is_empty() && c.pending.is_empty()));
         if channels.len() < channels.capacity() / 4 {
             // Most of the table is empty: give its memory back too.
             channels.shrink_to_fit();
         }
-        state.freed_untrimmed += (bytes_before - state.history_bytes) + (before - state.channels.len()) * 512;
-        let worth_it =
-            state.freed_untrimmed >= 1 << 20 || (state.history_bytes == 0 && state.freed_untrimmed > 0);
-        if worth_it {
-            state.freed_untrimmed = 0;
-        }
-        worth_it
+        // Any sweep that freed something gives the pages back: at most once
+        // a second, and cheap next to what it returns.
+        bytes_before > state.history_bytes || before > state.channels.len()
     }
 
     fn update_gauges(&self, state: &State) {
@@ -553,6 +588,28 @@ impl Hub {
         Ok(saved.channels.len())
     }
 
+    /// When this hub resumed saved channels ([`Hub::load`]) and has not
+    /// numbered anything since: gives every channel a new epoch and drops
+    /// its history, since what was resumed no longer describes what clients
+    /// can get. True when it did.
+    pub fn forget_resumed(&self) -> bool {
+        let mut state = self.state();
+        if !std::mem::take(&mut state.resumed) {
+            return false;
+        }
+        let names: Vec<String> = state.channels.keys().cloned().collect();
+        for name in &names {
+            state.drop_history(name);
+            if let Some(channel) = state.channels.get_mut(name) {
+                channel.epoch = new_epoch();
+                channel.last_offset = 0;
+            }
+        }
+        state.channels.retain(|_, c| !(c.subscribers.is_empty() && c.pending.is_empty()));
+        self.update_gauges(&state);
+        true
+    }
+
     /// Loads what [`Hub::save`] wrote, then deletes the file: a crash after
     /// this start must not resume these epochs. Returns how many channels
     /// (0 without a file).
@@ -584,8 +641,210 @@ impl Hub {
             }
             state.channels.insert(c.name, channel);
         }
+        state.resumed = count > 0;
         self.update_gauges(&state);
         Ok(count)
+    }
+
+    // --- Remote numbering (the Redis broker) -------------------------------
+    //
+    // With a shared broker the hub numbers nothing: frames arrive numbered
+    // from Redis and the hub fans them out, in offset order, with no gap
+    // (the broker fills gaps from its stream before it hands a frame over)
+    // and no duplicate. A channel's `epoch`/`last_offset` then mean the last
+    // frame delivered here.
+
+    /// Delivers a frame numbered elsewhere to this node's subscribers.
+    pub fn deliver_remote(&self, frame: RemoteFrame<'_>) -> RemoteDelivery {
+        let metrics = &self.inner.metrics;
+        let mut state = self.state();
+        let State { channels, legacy, .. } = &mut *state;
+        let channel =
+            channels.entry(frame.channel.to_owned()).or_insert_with(|| Channel::resumed(Arc::from(""), 0));
+        if channel.epoch.is_empty() {
+            // The first frame seen here sets the baseline.
+            channel.epoch = Arc::from(frame.epoch);
+            channel.last_offset = frame.offset.saturating_sub(1);
+        }
+        if *channel.epoch != *frame.epoch {
+            return RemoteDelivery::NewEpoch;
+        }
+        if frame.offset <= channel.last_offset {
+            return RemoteDelivery::Duplicate;
+        }
+        if frame.offset > channel.last_offset + 1 {
+            return RemoteDelivery::Gap { last: channel.last_offset };
+        }
+        channel.last_offset = frame.offset;
+        channel.last_publish = Instant::now();
+        let bytes: Utf8Bytes = frame.frame.into();
+        let target = frame.target_key;
+        let queue_limit = self.inner.config.history_size.max(1024);
+        let mut kicked = Vec::new();
+        for (conn, buffered) in channel.pending.iter_mut() {
+            if buffered.len() >= queue_limit {
+                kicked.push(*conn);
+            } else {
+                buffered.push((frame.offset, target.map(Arc::from), bytes.clone()));
+            }
+        }
+        for conn in kicked {
+            channel.pending.remove(&conn);
+        }
+        let mut delivered = 0;
+        channel.subscribers.retain(|_, sub| {
+            if !may_receive(sub, target) {
+                return true;
+            }
+            let kept = deliver(sub, &bytes, None, metrics);
+            delivered += usize::from(kept);
+            if !kept {
+                metrics.subscriptions.dec();
+            }
+            kept
+        });
+        if let Some(data) = frame.data {
+            if !legacy.is_empty() && self.inner.legacy_patterns.iter().any(|p| p.matches(frame.channel)) {
+                let bare: Utf8Bytes = data.into();
+                legacy.retain(|_, sub| {
+                    let permitted =
+                        sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(frame.channel)));
+                    if !permitted || !may_receive(sub, target) {
+                        return true;
+                    }
+                    let kept = deliver(sub, &bare, None, metrics);
+                    delivered += usize::from(kept);
+                    kept
+                });
+            }
+        }
+        RemoteDelivery::Delivered(delivered)
+    }
+
+    /// The channel's numbering restarted (Redis lost its data) or could not
+    /// be followed: its subscribers are told they did not recover (a
+    /// `subscribed` frame with `recovered: false`, as on a fresh subscribe),
+    /// and the channel follows the new numbering from `epoch`/`last_offset`.
+    pub fn reset_remote(&self, channel_name: &str, epoch: &str, last_offset: u64) {
+        let metrics = &self.inner.metrics;
+        let mut state = self.state();
+        let Some(channel) = state.channels.get_mut(channel_name) else { return };
+        channel.epoch = Arc::from(epoch);
+        channel.last_offset = last_offset;
+        let notice: Utf8Bytes = crate::ws::protocol::subscribed(
+            channel_name,
+            &Subscribed {
+                epoch: epoch.to_owned(),
+                offset: last_offset,
+                recovered: false,
+                replay: Vec::new(),
+            },
+        )
+        .into();
+        channel.subscribers.retain(|_, sub| {
+            let kept = deliver(sub, &notice, None, metrics);
+            if !kept {
+                metrics.subscriptions.dec();
+            }
+            kept
+        });
+    }
+
+    /// The last frame delivered here for a channel: `(epoch, offset)`, when
+    /// the channel has local subscribers and a numbering.
+    pub fn remote_position(&self, channel_name: &str) -> Option<(String, u64)> {
+        let state = self.state();
+        let channel = state.channels.get(channel_name)?;
+        (!channel.epoch.is_empty()).then(|| (channel.epoch.to_string(), channel.last_offset))
+    }
+
+    /// Channels with local subscribers (the broker's wanted set).
+    pub fn subscribed_channels(&self) -> Vec<String> {
+        let state = self.state();
+        state
+            .channels
+            .iter()
+            .filter(|(_, c)| !c.subscribers.is_empty() || !c.pending.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Legacy `/` connections on this node.
+    pub fn legacy_connections(&self) -> usize {
+        self.state().legacy.len()
+    }
+
+    /// First step of a remote subscribe, once the node listens to the
+    /// channel: live frames for `sub` are buffered from now on, while its
+    /// history is read. False when `sub` is subscribed already.
+    pub fn start_remote_subscribe(&self, channel_name: &str, sub: &Subscriber) -> bool {
+        let mut state = self.state();
+        let channel = state
+            .channels
+            .entry(channel_name.to_owned())
+            .or_insert_with(|| Channel::resumed(Arc::from(""), 0));
+        if channel.subscribers.contains_key(&sub.conn) || channel.pending.contains_key(&sub.conn) {
+            return false;
+        }
+        channel.pending.insert(sub.conn, Vec::new());
+        true
+    }
+
+    /// Second step: the replay is the history read after `since` plus the
+    /// frames buffered meanwhile, each offset once, in order; the
+    /// subscriber then receives live frames. `history` is None when Redis
+    /// could not be read: the subscription starts with `recovered: false`.
+    pub fn finish_remote_subscribe(
+        &self,
+        channel_name: &str,
+        sub: Subscriber,
+        history: Option<RemoteHistory>,
+    ) -> Subscribed {
+        let mut state = self.state();
+        let channel = state
+            .channels
+            .entry(channel_name.to_owned())
+            .or_insert_with(|| Channel::resumed(Arc::from(""), 0));
+        let buffered = channel.pending.remove(&sub.conn).unwrap_or_default();
+        let user = sub.user.as_deref();
+        let visible = |target: Option<&str>| target.is_none() || target == user;
+        let (epoch, read_offset, recovered, mut replay) = match history {
+            Some(h) => {
+                if let (true, Some(epoch)) = (channel.epoch.is_empty(), &h.epoch) {
+                    channel.epoch = Arc::from(epoch.as_str());
+                    channel.last_offset = h.offset;
+                }
+                let frames: Vec<(u64, Utf8Bytes)> = if h.recovered {
+                    h.frames
+                        .into_iter()
+                        .filter(|(_, target, _)| visible(target.as_deref()))
+                        .map(|(o, _, f)| (o, f.into()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (h.epoch.unwrap_or_else(|| channel.epoch.to_string()), h.offset, h.recovered, frames)
+            }
+            None => (channel.epoch.to_string(), channel.last_offset, false, Vec::new()),
+        };
+        // Frames that came while the history was read: those after what it
+        // covered follow the replay, each offset once.
+        let mut covered = read_offset.max(replay.last().map_or(0, |(o, _)| *o));
+        for (o, target, frame) in buffered {
+            if o > covered && *channel.epoch == *epoch {
+                covered = o;
+                if visible(target.as_deref()) {
+                    replay.push((o, frame));
+                }
+            }
+        }
+        let offset = covered;
+        channel.subscribers.insert(sub.conn, sub);
+        self.inner.metrics.subscriptions.inc();
+        let replay = replay.into_iter().map(|(_, f)| f).collect();
+        let subscribed = Subscribed { epoch, offset, recovered, replay };
+        self.update_gauges(&state);
+        subscribed
     }
 
     /// Adds a connection of the legacy `/` endpoint.
@@ -638,7 +897,10 @@ fn deliver(sub: &Subscriber, frame: &Utf8Bytes, receipt: Option<&Receipt>, metri
 
 /// A channel with no subscribers and no history holds nothing worth keeping.
 fn drop_if_idle(channels: &mut HashMap<String, Channel>, name: &str) {
-    if channels.get(name).is_some_and(|c| c.subscribers.is_empty() && c.history.is_empty()) {
+    if channels
+        .get(name)
+        .is_some_and(|c| c.subscribers.is_empty() && c.history.is_empty() && c.pending.is_empty())
+    {
         channels.remove(name);
     }
 }

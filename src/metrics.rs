@@ -41,6 +41,10 @@ pub struct Inner {
     /// Frames kept for recovery, all channels together, and their bytes.
     pub hub_history_messages: IntGauge,
     pub hub_history_bytes: IntGauge,
+    /// 1 while this node's Redis pub/sub connection is up (`broker.kind = "redis"`).
+    pub broker_connected: IntGauge,
+    /// Times that connection was lost.
+    pub broker_disconnects: IntCounter,
     /// Messages in the AQ exception queue (AQ$_ORAPUSH_QT_E), checked once a
     /// minute by the `oracle_aq` drainer; 0 for other sources.
     pub aq_exception_messages: IntGauge,
@@ -109,6 +113,11 @@ impl Metrics {
             hub_channels: gauge("orapush_hub_channels", "Channels the hub knows (subscribers or history)"),
             hub_history_messages: gauge("orapush_hub_history_messages", "Frames kept for recovery"),
             hub_history_bytes: gauge("orapush_hub_history_bytes", "Bytes of the frames kept for recovery"),
+            broker_connected: gauge("orapush_broker_connected", "1 while the Redis pub/sub connection is up"),
+            broker_disconnects: counter(
+                "orapush_broker_disconnects_total",
+                "Times the Redis connection was lost",
+            ),
             aq_exception_messages: gauge(
                 "orapush_aq_exception_queue_messages",
                 "Messages AQ moved to the exception queue AQ$_ORAPUSH_QT_E (oracle_aq)",

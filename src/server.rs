@@ -27,6 +27,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::Access;
+use crate::broker::SharedBroker;
+use crate::config::BrokerKind;
 use crate::config::{Settings, SourceKind};
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
@@ -73,9 +75,21 @@ pub async fn run(
     let sweeper = tokio::spawn(sweep_history(hub.clone()));
     let source_status = SourceStatus::default();
 
+    // Stops the broker's tasks; cancelled after the sockets are closed.
+    let broker_stop = CancellationToken::new();
+    let broker = (settings.broker.kind == BrokerKind::Redis)
+        .then(|| SharedBroker::start(&settings, hub.clone(), metrics.clone(), broker_stop.clone()));
+
     let (handoff, batches) = Handoff::channel();
     let flush_wait = Duration::from_millis(settings.source.flush_wait_ms);
-    let dispatcher = tokio::spawn(drain::dispatch(batches, hub.clone(), metrics.clone(), flush_wait));
+    let dispatcher = tokio::spawn(drain::dispatch(
+        batches,
+        hub.clone(),
+        broker.clone(),
+        metrics.clone(),
+        flush_wait,
+        settings.hub_state_path(),
+    ));
     let stopper = Stopper::default();
     let mut drainer_done =
         start_source(&settings, handoff, source_status.clone(), metrics.clone(), stopper.clone())
@@ -90,6 +104,7 @@ pub async fn run(
     let server = &settings.server;
     let session = Arc::new(SessionContext {
         hub: hub.clone(),
+        broker: broker.clone(),
         metrics: metrics.clone(),
         access,
         config: Arc::new(SessionConfig {
@@ -107,6 +122,7 @@ pub async fn run(
     let state = AppState {
         settings: settings.clone(),
         hub: hub.clone(),
+        broker,
         metrics,
         source_status,
         session,
@@ -166,16 +182,7 @@ pub async fn run(
     }
     dispatcher.abort();
     sweeper.abort();
-    if let Some(path) = settings.hub_state_path() {
-        // Only after a graceful stop: the drainer is done, so nothing is
-        // numbered after this.
-        match hub.save(&path) {
-            Ok(channels) => info!(path = %path.display(), channels, "saved the channels for the next start"),
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "could not save the channels; the next start begins new epochs")
-            }
-        }
-    }
+    broker_stop.cancel();
     info!("orapush stopped");
     source_result.map_err(|e| anyhow::anyhow!("source: {e}"))
 }

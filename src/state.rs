@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
+use crate::broker::SharedBroker;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -16,6 +17,8 @@ use crate::ws::{ConnectionLimits, SharedContext};
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub hub: Hub,
+    /// The shared broker (`broker.kind = "redis"`), or None: the hub numbers.
+    pub broker: Option<SharedBroker>,
     pub metrics: Metrics,
     /// Whether the source is connected (for `/readyz`).
     pub source_status: SourceStatus,

@@ -248,7 +248,7 @@ fn fake_hub() -> (Handoff, std_mpsc::Receiver<Vec<Message>>) {
     std::thread::spawn(move || {
         while let Some(batch) = batches.blocking_recv() {
             let _ = tx.send(batch.messages.clone());
-            let _ = batch.ack.send(());
+            let _ = batch.ack.send(Ok(()));
         }
     });
     (handoff, rx)

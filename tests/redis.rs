@@ -4,55 +4,15 @@
 //! can flush or kill it without touching any other Redis, and no port is
 //! picked (a port found free can be taken before the server binds it).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::RedisServer;
 use futures_util::StreamExt;
 use orapush::broker::redis::{decode_live, Keys, Numbered, Publication, RedisBroker};
 use orapush::hub::Position;
 use orapush::message::Message;
-
-/// A private `redis-server`, stopped on drop.
-struct RedisServer {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/setup.sh installs it)");
-        let server = Self { child, socket, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket.display())
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn message(channel: &str, id: &str, payload: &str) -> Message {
     Message::from_payload(id, channel, None, payload, 1 << 16).unwrap()

@@ -83,6 +83,9 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.to_owned() }
     }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     pub fn meta(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:meta", self.prefix)
     }
@@ -155,7 +158,9 @@ pub fn decode_live(payload: &[u8]) -> Option<LiveFrame<'_>> {
     })
 }
 
-/// Publishing and recovery on one Redis (reconnecting on its own).
+/// Publishing and recovery on one Redis (reconnecting on its own). Cheap to
+/// clone: clones share the connection.
+#[derive(Clone)]
 pub struct RedisBroker {
     conn: ConnectionManager,
     keys: Keys,
@@ -186,6 +191,11 @@ impl RedisBroker {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// A handle on the command connection (reconnecting on its own).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// Numbers, keeps and publishes a batch, in order, in one round trip

@@ -26,6 +26,20 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         return unavailable("shutting down", "shutting down");
     }
     let status = state.source_status.snapshot();
+    if let Some(broker) = &state.broker {
+        // Every node delivers what any node drains: ready while Redis is
+        // there, draining or not.
+        let redis = if broker.ready() { "connected" } else { "down" };
+        let body = json!({
+            "status": if broker.ready() { "ready" } else { "unavailable" },
+            "role": status.role.as_str(),
+            "source": source_name(&state),
+            "redis": redis,
+            "reason": if broker.ready() { None } else { Some("Redis is not reachable") },
+        });
+        let code = if broker.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return (code, Json(body)).into_response();
+    }
     match status.role {
         Role::Active => Json(json!({ "status": "ready", "role": "active", "source": source_name(&state) }))
             .into_response(),

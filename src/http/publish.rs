@@ -75,9 +75,32 @@ pub async fn legacy(State(state): State<AppState>, headers: HeaderMap, body: Str
         Ok(m) => m,
         Err(e) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
     };
-    let published = state.hub.publish(&message, None);
+    let delivered = match &state.broker {
+        None => state.hub.publish(&message, None).delivered as u64,
+        Some(_) => match publish_shared(&state, &message, true).await {
+            Ok((_, reach)) => reach,
+            Err(response) => return response,
+        },
+    };
     state.metrics.messages_published_http.inc();
-    Json(json!({ "message": format!("Send to {} clients", published.delivered) })).into_response()
+    Json(json!({ "message": format!("Send to {delivered} clients") })).into_response()
+}
+
+/// Publishes through Redis: the message's number, and how many clients on
+/// every node it reaches (from the nodes' last reports: at most
+/// `redis.report_interval_ms` old). 503 while Redis is unreachable.
+async fn publish_shared(
+    state: &AppState,
+    message: &Message,
+    with_legacy: bool,
+) -> Result<(crate::broker::redis::Numbered, u64), Response> {
+    let unavailable = |why: String| refuse(StatusCode::SERVICE_UNAVAILABLE, why);
+    let Some(node) = state.broker.as_ref().and_then(|b| b.node()) else {
+        return Err(unavailable("Redis has not been reached yet; try again".into()));
+    };
+    let numbered = node.publish_one(message).await.map_err(|e| unavailable(format!("Redis: {e}")))?;
+    let reach = node.reach(&message.channel, with_legacy).await.unwrap_or(0);
+    Ok((numbered, reach))
 }
 
 #[derive(Deserialize)]
@@ -125,13 +148,22 @@ pub async fn api(
         // `data` arrived as JSON and was checked by the extractor: use it as it is.
         data: request.data,
     };
-    let published = state.hub.publish(&message, None);
+    let (epoch, offset, delivered) = match &state.broker {
+        None => {
+            let published = state.hub.publish(&message, None);
+            (published.epoch.to_string(), published.offset, published.delivered as u64)
+        }
+        Some(_) => match publish_shared(&state, &message, false).await {
+            Ok((numbered, reach)) => (numbered.epoch, numbered.offset, reach),
+            Err(response) => return response,
+        },
+    };
     state.metrics.messages_published_http.inc();
     Json(json!({
         "channel": message.channel,
-        "epoch": &*published.epoch,
-        "offset": published.offset,
-        "delivered": published.delivered,
+        "epoch": epoch,
+        "offset": offset,
+        "delivered": delivered,
     }))
     .into_response()
 }

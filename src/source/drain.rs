@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::{DeadLetter, ErrorClass, OutboxStore, SourceError, SourceStatus, Stopper};
+use crate::broker::SharedBroker;
 use crate::hub::{Hub, Receipt};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -56,12 +57,33 @@ pub enum PassError {
     /// The hub side is gone (shutdown); nothing was deleted.
     #[error("the hub stopped accepting messages")]
     HubClosed,
+    /// The broker (Redis) did not take the batch; nothing was deleted.
+    #[error("the broker did not take the batch: {0}")]
+    Broker(String),
 }
 
-/// A batch on its way to the hub, with the channel to acknowledge it on.
+/// A batch on its way to the hub, with the channel to acknowledge it on
+/// (an error: the broker did not take it, so its rows must stay).
 pub struct Batch {
     pub messages: Vec<Message>,
-    pub ack: oneshot::Sender<()>,
+    pub ack: oneshot::Sender<Result<(), String>>,
+    pub kind: BatchKind,
+}
+
+/// What a hand-over carries: messages, or a change of the drainer's role
+/// that the async side acts on before the drainer goes on (the hub's saved
+/// state is only true while nobody else drained since it was saved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    Messages,
+    /// This instance took the drain lock: a state file another instance
+    /// saved meanwhile is stale.
+    Active,
+    /// Another instance drains: what this hub resumed is stale.
+    Standby,
+    /// The drainer stops while it still holds the lock: nothing is numbered
+    /// after this and nobody else drains yet, so the state can be saved.
+    Stopping,
 }
 
 /// The drainer's end of the hand-over channel.
@@ -79,15 +101,57 @@ impl Handoff {
     /// Hands the messages over and blocks until the hub has queued them.
     pub fn hand_over(&self, messages: Vec<Message>) -> Result<(), PassError> {
         let (ack, acked) = oneshot::channel();
-        self.tx.blocking_send(Batch { messages, ack }).map_err(|_| PassError::HubClosed)?;
-        acked.blocking_recv().map_err(|_| PassError::HubClosed)
+        let batch = Batch { messages, ack, kind: BatchKind::Messages };
+        self.tx.blocking_send(batch).map_err(|_| PassError::HubClosed)?;
+        acked.blocking_recv().map_err(|_| PassError::HubClosed)?.map_err(PassError::Broker)
+    }
+
+    /// Tells the async side the drainer's role changed (or that it stops
+    /// while holding the lock), and waits until it has acted on that.
+    pub fn announce(&self, kind: BatchKind) {
+        let (ack, acked) = oneshot::channel();
+        if self.tx.blocking_send(Batch { messages: Vec::new(), ack, kind }).is_ok() {
+            let _ = acked.blocking_recv();
+        }
     }
 }
 
 /// The async side of the hand-over: publishes each batch into the hub, waits
 /// (at most `flush_wait`) until its frames left the process, acknowledges.
-pub async fn dispatch(mut batches: mpsc::Receiver<Batch>, hub: Hub, metrics: Metrics, flush_wait: Duration) {
+/// With a shared broker the batch goes to Redis instead (every node, this
+/// one too, delivers it from there), and is acknowledged once Redis has
+/// every message: an error keeps the rows in the outbox. When the drainer
+/// stops while draining, the hub's state is saved to `save_to` (a graceful
+/// stop: the next start resumes it), before the drain lock is released.
+pub async fn dispatch(
+    mut batches: mpsc::Receiver<Batch>,
+    hub: Hub,
+    broker: Option<SharedBroker>,
+    metrics: Metrics,
+    flush_wait: Duration,
+    save_to: Option<std::path::PathBuf>,
+) {
     while let Some(batch) = batches.recv().await {
+        if batch.kind != BatchKind::Messages {
+            if let Some(path) = &save_to {
+                saved_state(batch.kind, &hub, path);
+            }
+            let _ = batch.ack.send(Ok(()));
+            continue;
+        }
+        if let Some(broker) = &broker {
+            let result = match broker.node() {
+                Some(node) => {
+                    node.publish_batch(&batch.messages).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                None => Err("Redis has not been reached yet".to_string()),
+            };
+            if result.is_ok() {
+                metrics.messages_drained.inc_by(batch.messages.len() as u64);
+            }
+            let _ = batch.ack.send(result);
+            continue;
+        }
         let (receipt, flushed) = Receipt::new();
         metrics.messages_drained.inc_by(batch.messages.len() as u64);
         for message in &batch.messages {
@@ -98,7 +162,33 @@ pub async fn dispatch(mut batches: mpsc::Receiver<Batch>, hub: Hub, metrics: Met
         // in the hub already, which is the guarantee. This wait only narrows
         // the window in which a crash loses frames still in our buffers.
         let _ = tokio::time::timeout(flush_wait, flushed).await;
-        let _ = batch.ack.send(());
+        let _ = batch.ack.send(Ok(()));
+    }
+}
+
+/// Keeps the hub's saved state honest when several instances share an
+/// outbox: what a stopped instance saved is only true for the instance that
+/// drains right after it. No client is then told it recovered when it did
+/// not.
+fn saved_state(kind: BatchKind, hub: &Hub, path: &std::path::Path) {
+    match kind {
+        BatchKind::Stopping => match hub.save(path) {
+            Ok(channels) => info!(path = %path.display(), channels, "saved the channels for the next start"),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not save the channels; the next start begins new epochs")
+            }
+        },
+        BatchKind::Active => match std::fs::remove_file(path) {
+            Ok(()) => info!(path = %path.display(), "removed channel state another instance saved"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %path.display(), error = %e, "could not remove stale channel state"),
+        },
+        BatchKind::Standby => {
+            if hub.forget_resumed() {
+                info!("another instance drains the outbox: the resumed channels start new epochs");
+            }
+        }
+        BatchKind::Messages => {}
     }
 }
 
@@ -193,6 +283,7 @@ where
             None => match connect() {
                 Ok(s) => {
                     info!("source connected; this instance drains the outbox");
+                    handoff.announce(BatchKind::Active);
                     standing_by = false;
                     status.set_active();
                     metrics.source_active.set(1);
@@ -202,6 +293,7 @@ where
                 Err(e) if e.class == ErrorClass::Standby => {
                     if !standing_by {
                         info!(reason = %e, "standing by");
+                        handoff.announce(BatchKind::Standby);
                         standing_by = true;
                     }
                     status.set_standby(&e.message);
@@ -236,6 +328,14 @@ where
                 current.wait_for_work(config.poll_interval, &stop)
             }
             Err(PassError::HubClosed) => break,
+            Err(PassError::Broker(why)) => {
+                // The database is fine; the rows wait in it until the broker
+                // takes them again.
+                metrics.source_errors.inc();
+                warn!(error = %why, "the broker did not take a batch; its rows stay in the outbox");
+                stop.sleep(backoff.next_delay());
+                continue;
+            }
             Err(PassError::Source(e)) => Err(e),
         };
         if let Err(e) = waited {
@@ -248,6 +348,10 @@ where
             store = None;
             stop.sleep(backoff.next_delay());
         }
+    }
+    if store.is_some() {
+        // Still holding the drain lock: the last word on the numbering.
+        handoff.announce(BatchKind::Stopping);
     }
     metrics.source_active.set(0);
     info!("drainer stopped");
@@ -302,7 +406,13 @@ mod tests {
     /// A standby answer given after the store waited itself is asked again at once, not after standby_retry.
     #[test]
     fn a_waited_standby_retries_at_once() {
-        let (handoff, _batches) = Handoff::channel();
+        let (handoff, mut batches) = Handoff::channel();
+        // The async side: acknowledges whatever comes (role announcements).
+        let acks = std::thread::spawn(move || {
+            while let Some(batch) = batches.blocking_recv() {
+                let _ = batch.ack.send(Ok(()));
+            }
+        });
         let config = DrainConfig {
             batch_size: 10,
             max_message_bytes: 1024,
@@ -322,6 +432,7 @@ mod tests {
         };
         let started = std::time::Instant::now();
         run_drainer(connect, handoff, config, status.clone(), Metrics::new(), stop.clone()).unwrap();
+        acks.join().unwrap();
         assert_eq!(calls, 5);
         assert!(started.elapsed() < Duration::from_secs(60), "it slept standby_retry");
         assert_eq!(status.snapshot().role, crate::source::Role::Standby);

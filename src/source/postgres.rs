@@ -258,7 +258,8 @@ fn classify(e: &postgres::Error, settings: &PostgresSettings, what: &str) -> Sou
     } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
         SourceError::fatal(format!(
             "{message} in {target}: orapush's user needs USAGE on the schema, SELECT, UPDATE, DELETE on \
-             orapush_outbox and SELECT, INSERT, UPDATE on orapush_dead_letter (see README, PostgreSQL)"
+             orapush_outbox and SELECT, INSERT, UPDATE on orapush_dead_letter to drain; `orapush \
+             publish` needs INSERT on orapush_outbox (see README, PostgreSQL)"
         ))
     } else {
         SourceError::transient(format!(

@@ -33,6 +33,7 @@ use tracing::debug;
 
 use super::protocol::{self, close, ClientFrame, ProtocolError};
 use crate::auth::{now_unix, Access, Identity};
+use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
 use crate::message::validate_channel;
 use crate::metrics::Metrics;
@@ -64,6 +65,8 @@ pub enum Mode {
 /// Everything a session needs from the process.
 pub struct SessionContext {
     pub hub: Hub,
+    /// The shared broker (Redis), when the hub does not number itself.
+    pub broker: Option<SharedBroker>,
     pub metrics: Metrics,
     pub access: Access,
     pub config: Arc<SessionConfig>,
@@ -75,6 +78,10 @@ enum WriteEnd {
     Failed,
     Kicked,
 }
+
+/// How long a session closed for what the client did keeps reading for its
+/// close reply.
+const CLOSE_DRAIN: Duration = Duration::from_millis(250);
 
 /// What the loop does after handling a client frame.
 enum Next {
@@ -149,7 +156,12 @@ impl Session {
     ) {
         let legacy = matches!(mode, Mode::Legacy);
         match mode {
-            Mode::Legacy => self.ctx.hub.add_legacy(self.subscriber.clone()),
+            Mode::Legacy => {
+                self.ctx.hub.add_legacy(self.subscriber.clone());
+                if let Some(node) = self.ctx.broker.as_ref().and_then(SharedBroker::node) {
+                    node.legacy_wanted(true).await;
+                }
+            }
             Mode::Protocol { auto_subscribe } => {
                 for channel in auto_subscribe {
                     let frame = ClientFrame::Subscribe { channel, since: None };
@@ -236,6 +248,21 @@ impl Session {
             debug!(conn = self.conn, code, reason, "closing connection");
             let frame = WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }));
             let _ = tokio::time::timeout(config.write_timeout, self.sink.send(frame)).await;
+            // Read (and drop) what the client still sends, up to its close
+            // reply: a socket closed with unread bytes sends a reset, which
+            // can destroy our error and close frames before the client reads
+            // them (a flooding client would see 1006 instead of 1008).
+            let drain = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, WsMessage::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            // (Not on shutdown: the process is going away and has its own deadline.)
+            if code != close::GOING_AWAY {
+                let _ = tokio::time::timeout(CLOSE_DRAIN.min(config.write_timeout), drain).await;
+            }
         }
         let _ = tokio::time::timeout(config.write_timeout, self.sink.close()).await;
     }
@@ -338,7 +365,7 @@ impl Session {
                     Self::refuse_channel("not_subscribed", &channel, format!("not subscribed to {channel:?}"))
                 }
             }
-            Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(channel, since),
+            Ok(ClientFrame::Subscribe { channel, since }) => self.subscribe(channel, since).await,
         };
         if !self.send_now(replies.into_iter().map(WsMessage::Text).collect()).await {
             return Next::Gone;
@@ -348,7 +375,7 @@ impl Session {
 
     /// Every way to subscribe (frame, `?channel=`) comes here, so one
     /// channel rule applies, with one error.
-    fn subscribe(&mut self, channel: String, since: Option<crate::hub::Position>) -> Vec<Utf8Bytes> {
+    async fn subscribe(&mut self, channel: String, since: Option<crate::hub::Position>) -> Vec<Utf8Bytes> {
         if let Err(e) = validate_channel(&channel) {
             return Self::refuse_channel("bad_request", &channel, e.to_string());
         }
@@ -367,7 +394,11 @@ impl Session {
                 format!("at most {} subscriptions per connection", self.ctx.config.max_subscriptions),
             );
         }
-        match self.ctx.hub.subscribe(&channel, self.subscriber.clone(), since.as_ref()) {
+        let subscribed = match &self.ctx.broker {
+            None => self.ctx.hub.subscribe(&channel, self.subscriber.clone(), since.as_ref()),
+            Some(broker) => self.subscribe_remote(broker.clone(), &channel, since.as_ref()).await,
+        };
+        match subscribed {
             Ok(subscribed) => {
                 let mut replies: Vec<Utf8Bytes> = Vec::with_capacity(1 + subscribed.replay.len());
                 replies.push(protocol::subscribed(&channel, &subscribed).into());
@@ -381,6 +412,31 @@ impl Session {
                 format!("already subscribed to {channel:?}"),
             ),
         }
+    }
+
+    /// Subscribing when Redis numbers the channel: listen to it first, then
+    /// read its history while live frames are buffered, then join (see
+    /// `Hub::finish_remote_subscribe`). Without Redis the subscription starts
+    /// with `recovered: false` and catches up once Redis is back.
+    async fn subscribe_remote(
+        &mut self,
+        broker: SharedBroker,
+        channel: &str,
+        since: Option<&crate::hub::Position>,
+    ) -> Result<crate::hub::Subscribed, AlreadySubscribed> {
+        let node = broker.node();
+        let listening = match node {
+            Some(node) => node.want(channel).await,
+            None => false,
+        };
+        if !self.ctx.hub.start_remote_subscribe(channel, &self.subscriber) {
+            return Err(AlreadySubscribed);
+        }
+        let history = match (listening, node) {
+            (true, Some(node)) => node.history(channel, since).await,
+            _ => None,
+        };
+        Ok(self.ctx.hub.finish_remote_subscribe(channel, self.subscriber.clone(), history))
     }
 
     /// An `auth` frame: a first token, or a fresh one for the same user.

@@ -445,3 +445,59 @@ impl Drop for PgSchema {
         .join();
     }
 }
+
+/// A private `redis-server` on a Unix socket in a temporary directory
+/// (no port to pick, so none can be taken before it binds), stopped on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let mut server = Self { child: None, socket, _dir: dir };
+        server.restart();
+        server
+    }
+
+    /// Starts it again after [`RedisServer::kill`] (empty: it keeps nothing).
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocketperm", "700"])
+            .arg("--unixsocket")
+            .arg(&self.socket)
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
