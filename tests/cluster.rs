@@ -21,9 +21,16 @@ async fn node(db: &std::path::Path, redis: &RedisServer, tweak: impl FnOnce(&mut
     .await
 }
 
+/// Waits until the node is ready (Redis connected) and its source is up
+/// (draining or standing by: the outbox's tables exist).
 async fn wait_ready_node(server: &Server) {
     let addr = server.addr;
-    wait_until("the node is ready", || http_status(addr, "/readyz") == Some(200)).await;
+    wait_until("the node is ready and its source up", || {
+        http_status(addr, "/readyz") == Some(200)
+            && http_body(addr, "/readyz")
+                .is_some_and(|b| b.contains("\"active\"") || b.contains("\"standby\""))
+    })
+    .await;
 }
 
 /// Reads `count` message frames and returns them.
@@ -214,4 +221,194 @@ async fn a_redis_restart_loses_nothing_silently() {
     assert_eq!(ids, during);
     assert!(before.iter().all(|id| !ids.contains(id)));
     a.stop().await.unwrap();
+}
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+fn token(sub: &str) -> String {
+    let claims = json!({"sub": sub, "exp": 4_000_000_000u64, "channels": ["emp"]});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A `target_user` message reaches that user's connections on every node, and no one else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_messages_reach_their_user_on_every_node() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let jwt = |s: &mut Settings| {
+        s.auth.mode = orapush::config::AuthMode::Jwt;
+        s.auth.hs256_secret = Some(Secret::new(SECRET));
+    };
+    let a = node(&db, &redis, jwt).await;
+    let b = node(&db, &redis, jwt).await;
+    wait_ready_node(&a).await;
+    wait_ready_node(&b).await;
+    let mut scott_on_a = connect(&a.ws_url(&format!("/ws?token={}&channel=emp", token("SCOTT")))).await;
+    let mut scott_on_b = connect(&b.ws_url(&format!("/ws?token={}&channel=emp", token("SCOTT")))).await;
+    let mut king_on_b = connect(&b.ws_url(&format!("/ws?token={}&channel=emp", token("KING")))).await;
+    for ws in [&mut scott_on_a, &mut scott_on_b, &mut king_on_b] {
+        assert_eq!(next_json(ws).await["type"], "subscribed");
+    }
+    let ids = insert_targeted(&db, &[("emp", "for scott", Some("scott")), ("emp", "for all", None)]);
+    for ws in [&mut scott_on_a, &mut scott_on_b] {
+        let got = messages(ws, 2).await;
+        assert_eq!(got[0]["id"], ids[0].to_string());
+        assert_eq!(got[1]["id"], ids[1].to_string());
+    }
+    let king = messages(&mut king_on_b, 1).await;
+    assert_eq!(king[0]["id"], ids[1].to_string(), "KING must not get SCOTT's message");
+    expect_pong_next(&mut king_on_b).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// Restarting every node keeps the epoch (it lives in Redis): a client recovers across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_every_node_keeps_recovery() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let a = node(&db, &redis, |_| {}).await;
+    wait_ready_node(&a).await;
+    let mut ws = connect(&a.ws_url("/ws?channel=emp")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    insert(&db, &[("emp", "before")]);
+    let last = messages(&mut ws, 1).await.remove(0);
+    wait_until("the row is deleted", || outbox_count(&db) == 0).await;
+    a.stop().await.unwrap();
+    let missed = insert(&db, &[("emp", "while down 1"), ("emp", "while down 2")]);
+
+    let b = node(&db, &redis, |_| {}).await;
+    wait_ready_node(&b).await;
+    wait_until("the rows are drained", || outbox_count(&db) == 0).await;
+    let mut again = connect(&b.ws_url("/ws")).await;
+    send_json(
+        &mut again,
+        json!({"op":"subscribe","channel":"emp","since":{"epoch":last["epoch"],"offset":last["offset"]}}),
+    )
+    .await;
+    let subscribed = next_json(&mut again).await;
+    assert_eq!((subscribed["recovered"].as_bool(), &subscribed["epoch"]), (Some(true), &last["epoch"]));
+    let got = messages(&mut again, 2).await;
+    assert_eq!(
+        got.iter().map(|m| m["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        missed.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    b.stop().await.unwrap();
+}
+
+/// A Redis unreachable at start: the node serves /healthz, is not ready and says why, and delivers once Redis appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_without_redis_and_drains_when_it_appears() {
+    let mut redis = RedisServer::not_started();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let a = node(&db, &redis, |_| {}).await;
+    let addr = a.addr;
+    assert_eq!(http_status(addr, "/healthz"), Some(200));
+    wait_until("not ready while Redis is missing, its source up", || {
+        http_status(addr, "/readyz") == Some(503)
+            && http_body(addr, "/readyz").is_some_and(|b| b.contains("\"active\""))
+    })
+    .await;
+    let ready: Value = serde_json::from_str(&http_body(addr, "/readyz").unwrap()).unwrap();
+    assert_eq!(ready["redis"], "down", "{ready}");
+    let mut ws = connect(&a.ws_url("/ws?channel=emp")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let ids = insert(&db, &[("emp", "waiting for redis")]);
+    assert_eq!(outbox_count(&db), 1, "nothing can be published yet");
+    redis.restart();
+    wait_ready_node(&a).await;
+    let got = messages(&mut ws, 1).await;
+    assert_eq!(got[0]["id"], ids[0].to_string());
+    a.stop().await.unwrap();
+}
+
+/// The role a binary's /readyz reports.
+fn role(node: &Binary) -> String {
+    let body = http_body(node.addr, "/readyz").unwrap_or_default();
+    serde_json::from_str::<Value>(&body)
+        .map(|v| v["role"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// SIGKILL of the draining node, three times during a continuous stream: another node drains on, no row is lost, and a subscriber on a node that never drains sees every offset exactly once (a redelivered row keeps its offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_drainer_repeatedly_loses_nothing_and_reuses_no_offset() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let url = redis.url();
+    let env = |retry_ms: &'static str| {
+        vec![
+            ("ORAPUSH__BROKER__KIND", "redis".to_string()),
+            ("ORAPUSH__REDIS__URL", url.clone()),
+            ("ORAPUSH__SOURCE__BATCH_SIZE", "20".to_string()),
+            ("ORAPUSH__SOURCE__STANDBY_RETRY_MS", retry_ms.to_string()),
+        ]
+    };
+    let spawn = |retry_ms: &'static str| {
+        let vars = env(retry_ms);
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Binary::spawn_unready(&db, "127.0.0.1:0", &borrowed)
+    };
+    let mut drainers = vec![spawn("50")];
+    let first = &drainers[0];
+    wait_until("the first node drains", || role(first) == "active").await;
+    // This node stands by for an hour: it never drains, so it is never killed.
+    let watcher = spawn("3600000");
+    wait_until("the watcher stands by", || role(&watcher) == "standby").await;
+    drainers.push(spawn("50"));
+    let mut ws = connect(&watcher.ws_url("/ws?channel=k")).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let producer_db = db.clone();
+    let producer = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            if stop_rx.try_recv().is_ok() {
+                break;
+            }
+            ids.extend(insert(&producer_db, &[("k", "a"), ("k", "b"), ("k", "c")]));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        ids
+    });
+    let mut frames: Vec<Value> = Vec::new();
+    for kill in 0..3 {
+        // Kill only once the stream has moved on since the last kill.
+        let want = (kill + 1) * 30;
+        while frames.len() < want {
+            let frame = next_json(&mut ws).await;
+            if frame["type"] == "message" {
+                frames.push(frame);
+            }
+        }
+        let active = drainers.iter().position(|d| role(d) == "active").expect("a node drains");
+        let killed = drainers.remove(active);
+        killed.signal(libc::SIGKILL);
+        killed.wait().await;
+        drainers.push(spawn("50"));
+    }
+    let _ = stop_tx.send(());
+    let ids = producer.await.unwrap();
+    wait_until("the outbox is drained", || outbox_count(&db) == 0).await;
+    while frames.len() < ids.len() {
+        let frame = next_json(&mut ws).await;
+        if frame["type"] == "message" {
+            frames.push(frame);
+        }
+    }
+    let offsets: Vec<u64> = frames.iter().map(|f| f["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=ids.len() as u64).collect::<Vec<_>>(), "every offset once, in order");
+    let got: Vec<i64> = frames.iter().map(|f| f["id"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(got, ids, "every row once, in id order");
+    expect_pong_next(&mut ws).await;
 }

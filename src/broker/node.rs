@@ -371,6 +371,8 @@ async fn listen(
                 continue;
             }
         };
+        // Channels subscribed to while Redis was out of reach are wanted too.
+        wanted.extend(node.inner.hub.subscribed_channels());
         let mut ok = true;
         for channel in &wanted {
             ok &= sink.subscribe(node.inner.keys.live(channel)).await.is_ok();

@@ -456,11 +456,16 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("redis.sock");
-        let mut server = Self { child: None, socket, _dir: dir };
+        let mut server = Self::not_started();
         server.restart();
         server
+    }
+
+    /// Its socket path, with no server yet ([`RedisServer::restart`] starts it).
+    pub fn not_started() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        Self { child: None, socket, _dir: dir }
     }
 
     /// Starts it again after [`RedisServer::kill`] (empty: it keeps nothing).
