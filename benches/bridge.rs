@@ -69,6 +69,11 @@ struct Args {
     /// PostgreSQL for the PostgreSQL measurements (a scratch schema is made and dropped).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pg_url: String,
+    /// A Redis to measure the Redis broker on (PostgreSQL latency at 500
+    /// rows/s and backlog drain with `broker.kind = "redis"`), e.g.
+    /// redis://127.0.0.1:6379/0; skipped without it.
+    #[arg(long)]
+    redis: Option<String>,
     /// Rows in the large backlog.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
@@ -428,8 +433,18 @@ impl Drop for PgScratch {
     }
 }
 
+/// The environment that puts orapush on the Redis broker, under a prefix of
+/// its own (so runs never see each other's keys).
+fn redis_env(url: &str) -> Vec<(String, String)> {
+    vec![
+        ("ORAPUSH__BROKER__KIND".into(), "redis".into()),
+        ("ORAPUSH__REDIS__URL".into(), url.into()),
+        ("ORAPUSH__REDIS__PREFIX".into(), format!("orapush-bench-{:08x}", rand::random::<u32>())),
+    ]
+}
+
 /// Drains a backlog of `rows` rows: rows/s and orapush's peak RSS (KiB).
-async fn pg_backlog(binary: &Path, url: &str, rows: u64) -> (f64, u64) {
+async fn pg_backlog(binary: &Path, url: &str, rows: u64, extra_env: &[(String, String)]) -> (f64, u64) {
     let scratch = PgScratch::new(url);
     let schema = &scratch.schema;
     scratch.run(format!(
@@ -439,7 +454,9 @@ async fn pg_backlog(binary: &Path, url: &str, rows: u64) -> (f64, u64) {
         orapush::source::postgres::INSTALL_SQL
     ));
     let started = Instant::now();
-    let server = start_orapush_with(binary, &scratch.env(false));
+    let mut env = scratch.env(false);
+    env.extend_from_slice(extra_env);
+    let server = start_orapush_with(binary, &env);
     let mut peak = 0;
     while metric(server.port, "orapush_messages_drained_total") < rows as f64 {
         peak = peak.max(rss_kib(server.child.id()));
@@ -532,9 +549,32 @@ fn main() {
         }
         println!("\n## PostgreSQL backlog drained with no subscriber (batch 500)\n");
         for rows in [100_000u64, args.backlog] {
-            let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, rows).await;
+            let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, rows, &[]).await;
             println!("- {rows} rows: {rate:.0} rows/s, peak RSS {:.1} MiB", peak as f64 / 1024.0);
         }
+
+        let Some(redis) = args.redis.clone() else { return };
+        println!("\n## The Redis broker (PostgreSQL NOTIFY source, `broker.kind` memory against redis, same run)\n");
+        let mut p50s = Vec::new();
+        for broker in ["memory", "redis"] {
+            let scratch = PgScratch::new(&args.pg_url);
+            let mut env = scratch.env(true);
+            if broker == "redis" {
+                env.extend(redis_env(&redis));
+            }
+            let server = start_orapush_with(&args.orapush, &env);
+            let inserter = pg_inserter(args.pg_url.clone(), scratch.schema.clone());
+            let (p50, p99, max, n) = outbox_latency(&server, 500, args.latency_seconds, inserter).await;
+            drop(server);
+            println!("- {broker}: 500 rows/s ({n} rows): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms");
+            p50s.push(p50);
+        }
+        println!("- the Redis hop adds {:.2} ms at p50 (target: under 1 ms)", p50s[1] - p50s[0]);
+        let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, 100_000, &redis_env(&redis)).await;
+        println!(
+            "- backlog of 100000 rows through Redis (pipelined batches of 500): {rate:.0} rows/s (target ≥ 50000), peak RSS {:.1} MiB",
+            peak as f64 / 1024.0
+        );
     });
 }
 

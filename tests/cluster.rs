@@ -412,3 +412,45 @@ async fn killing_the_drainer_repeatedly_loses_nothing_and_reuses_no_offset() {
     assert_eq!(got, ids, "every row once, in id order");
     expect_pong_next(&mut ws).await;
 }
+
+/// Three nodes on one PostgreSQL outbox: rows reach subscribers on every node, in order, consecutive offsets, one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_one_postgresql_outbox() {
+    let redis = RedisServer::start();
+    let schema = PgSchema::new();
+    let unused = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(&unused.path().join("unused.db"), &redis, |s| schema.apply(s)).await);
+    }
+    for n in &nodes {
+        wait_ready_node(n).await;
+    }
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut ws = connect(&n.ws_url("/ws?channel=emp")).await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        clients.push(ws);
+    }
+    let db = schema.client().await;
+    let rows: Vec<(&str, &str)> = (0..30).map(|_| ("emp", r#"{"message":"REFRESH"}"#)).collect();
+    let ids = schema.insert(&db, &rows).await;
+    let mut epochs = Vec::new();
+    for ws in &mut clients {
+        let got = messages(ws, 30).await;
+        assert_eq!(
+            got.iter().map(|m| m["offset"].as_u64().unwrap()).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            got.iter().map(|m| m["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(),
+            ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+        );
+        epochs.push(got[0]["epoch"].clone());
+    }
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "{epochs:?}");
+    schema.wait_until_empty(&db).await;
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
