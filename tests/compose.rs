@@ -4,7 +4,9 @@
 //! themselves and stop on any error, the database turns Dead Connection
 //! Detection on, the image picks Instant Client by architecture and fails
 //! to build when it cannot load, the end-to-end script stops the compose
-//! drainers before the contract suite, and every script is valid shell.
+//! drainers before the contract suite, every script is valid shell, and
+//! the `cluster` profile runs two Redis-broker nodes behind a WebSocket-aware
+//! nginx.
 //! tests/compose/e2e.sh and tests/compose/bench.sh run the real thing
 //! wherever Docker is.
 
@@ -22,7 +24,7 @@ fn read(path: &str) -> String {
 /// `docker-compose config -q` accepts docker-compose.yml, profiles included.
 #[test]
 fn compose_file_is_valid() {
-    for profile in [None, Some("aq")] {
+    for profile in [None, Some("aq"), Some("cluster")] {
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(root()).args(["-f", "docker-compose.yml"]);
         if let Some(p) = profile {
@@ -31,6 +33,228 @@ fn compose_file_is_valid() {
         let out = cmd.args(["config", "-q"]).output().expect("docker-compose (scripts/setup.sh installs it)");
         assert!(out.status.success(), "{profile:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// `docker-compose config` of one profile: the file resolved (anchors merged,
+/// paths absolute, keys sorted, two-space indentation).
+fn resolved_config(profile: &str) -> String {
+    let out = Command::new("docker-compose")
+        .current_dir(root())
+        .args(["-f", "docker-compose.yml", "--profile", profile, "config"])
+        .output()
+        .expect("docker-compose (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The lines under `key:` at `indent` spaces in resolved YAML (nested keys
+/// deeper, list items at the key's own indentation), or None.
+fn yaml_block<'a>(lines: &[&'a str], key: &str, indent: usize) -> Option<Vec<&'a str>> {
+    let head = format!("{}{key}:", " ".repeat(indent));
+    let at = lines.iter().position(|l| *l == head)?;
+    let depth = |l: &str| l.len() - l.trim_start().len();
+    Some(
+        lines[at + 1..]
+            .iter()
+            .take_while(|l| depth(l) > indent || (depth(l) == indent && l.trim_start().starts_with("- ")))
+            .copied()
+            .collect(),
+    )
+}
+
+/// One service's block in resolved YAML, or a panic naming it.
+fn service<'a>(config: &'a str, name: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = config.lines().collect();
+    let services = yaml_block(&lines, "services", 0).expect("no services");
+    yaml_block(&services, name, 2).unwrap_or_else(|| panic!("no service {name}"))
+}
+
+/// A service's sub-block (`environment`, `command`, ...) as trimmed lines.
+fn field(service: &[&str], key: &str) -> Vec<String> {
+    yaml_block(service, key, 4).unwrap_or_default().iter().map(|l| l.trim().to_string()).collect()
+}
+
+/// A service's `environment`, as name → value.
+fn environment(service: &[&str]) -> std::collections::BTreeMap<String, String> {
+    field(service, "environment")
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap_or_else(|| panic!("{l:?}"));
+            (k.to_string(), v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        })
+        .collect()
+}
+
+/// nginx directives, comments dropped, each with the blocks it sits in
+/// (`["upstream orapush"]`, `["server", "location /"]`) and its words.
+fn nginx_directives(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut directives = Vec::new();
+    let mut context: Vec<String> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    for line in text.lines() {
+        // This config has no '#' inside a value.
+        let line = line.split('#').next().unwrap();
+        let mut word = String::new();
+        for c in line.chars().chain([' ']) {
+            if c.is_whitespace() || matches!(c, ';' | '{' | '}') {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            } else {
+                word.push(c);
+            }
+            match c {
+                ';' => directives.push((context.clone(), std::mem::take(&mut words))),
+                '{' => context.push(std::mem::take(&mut words).join(" ")),
+                '}' => {
+                    assert!(words.is_empty(), "{words:?} lacks a ';'");
+                    context.pop().expect("an unmatched '}'");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(context.is_empty() && words.is_empty(), "unclosed {context:?} {words:?}");
+    directives
+}
+
+/// nginx's time syntax (`90`, `90s`, `2m`, `1h`) in seconds.
+fn nginx_seconds(value: &str) -> u64 {
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (n, unit) = value.split_at(split);
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("{value:?}"));
+    n * match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => panic!("{value:?}: unexpected unit"),
+    }
+}
+
+/// The `cluster` profile: Redis with AOF, two orapush nodes exactly like the
+/// single-node service but on the Redis broker (same URL), and nginx on 8090
+/// proxying WebSockets to both.
+#[test]
+fn cluster_profile_has_the_promised_shape() {
+    let compose = read("docker-compose.yml");
+    assert!(
+        compose.contains("docker compose --profile cluster up --build"),
+        "the head comment says how to start it"
+    );
+    let config = resolved_config("cluster");
+    for name in ["redis", "orapush-node1", "orapush-node2", "lb"] {
+        assert_eq!(field(&service(&config, name), "profiles"), vec!["- cluster"], "{name}");
+    }
+
+    // Redis: persistence on, healthy once it answers.
+    let redis = service(&config, "redis");
+    assert!(redis.contains(&"    image: redis:7-alpine"), "{redis:#?}");
+    let command: Vec<String> = field(&redis, "command")
+        .iter()
+        .map(|l| l.trim_start_matches("- ").trim_matches('"').to_string())
+        .collect();
+    assert_eq!(command.first().map(String::as_str), Some("redis-server"), "{command:?}");
+    let arg = |name: &str| command.iter().position(|a| a == name).map(|i| command[i + 1].as_str());
+    assert_eq!(arg("--appendonly"), Some("yes"), "{command:?}");
+    assert_eq!(arg("--appendfsync"), Some("everysec"), "{command:?}");
+    assert!(field(&redis, "healthcheck").iter().any(|l| l.contains("redis-cli ping")), "{redis:#?}");
+
+    // The nodes: the single-node service's image, build and environment (the
+    // compose oracle, oracle_outbox), plus the Redis broker, one URL for both.
+    let single = service(&config, "orapush");
+    let mut urls = Vec::new();
+    for name in ["orapush-node1", "orapush-node2"] {
+        let node = service(&config, name);
+        assert!(node.contains(&"    image: orapush:local"), "{name}");
+        assert_eq!(field(&node, "build"), field(&single, "build"), "{name} is built like orapush");
+        let mut env = environment(&node);
+        assert_eq!(env.remove("ORAPUSH__BROKER__KIND").as_deref(), Some("redis"), "{name}");
+        let url = env.remove("ORAPUSH__REDIS__URL").unwrap_or_else(|| panic!("{name} has no Redis URL"));
+        assert!(url.starts_with("redis://redis:6379/"), "{name}: {url}");
+        urls.push(url);
+        assert_eq!(env, environment(&single), "{name}: the rest is the orapush service's environment");
+        assert_eq!(env["ORAPUSH__SOURCE__KIND"], "oracle_outbox");
+        let depends = field(&node, "depends_on").join(" ");
+        for dependency in ["oracle", "redis"] {
+            assert!(
+                depends.contains(&format!("{dependency}: condition: service_healthy")),
+                "{name} waits for a healthy {dependency}: {depends}"
+            );
+        }
+    }
+    assert_eq!(urls[0], urls[1], "both nodes share one Redis database");
+
+    // The load balancer: nginx on 8090 after both nodes are healthy, its
+    // config from docker/nginx/ mounted read-only as the default server.
+    let lb = service(&config, "lb");
+    assert!(lb.contains(&"    image: nginx:1.27-alpine"), "{lb:#?}");
+    assert!(field(&lb, "ports").join(" ").contains("published: 8090 target: 80"), "{lb:#?}");
+    let depends = field(&lb, "depends_on").join(" ");
+    for node in ["orapush-node1", "orapush-node2"] {
+        assert!(depends.contains(&format!("{node}: condition: service_healthy")), "{depends}");
+    }
+    let volumes = field(&lb, "volumes");
+    let mount = volumes
+        .iter()
+        .find_map(|v| v.strip_prefix("- ")?.strip_suffix(":/etc/nginx/conf.d/default.conf:ro"))
+        .unwrap_or_else(|| panic!("no read-only nginx config: {volumes:?}"));
+    let nginx_dir = root().join("docker/nginx");
+    assert!(Path::new(mount).starts_with(&nginx_dir), "{mount} is not under docker/nginx/");
+    let nginx = std::fs::read_to_string(mount).unwrap();
+    let directives = nginx_directives(&nginx);
+    let find = |name: &str| -> Vec<&(Vec<String>, Vec<String>)> {
+        directives.iter().filter(|(_, words)| words[0] == name).collect()
+    };
+
+    // Both nodes in one upstream, re-resolved through Docker's DNS (a node
+    // that comes back at a new address is found; nginx needs a resolver
+    // for `resolve` and a zone for the peers).
+    let servers = find("server");
+    let upstream = &servers.first().expect("no upstream server").0;
+    assert!(upstream.len() == 1 && upstream[0].starts_with("upstream "), "{upstream:?}");
+    let targets: Vec<&str> = servers.iter().map(|(_, w)| w[1].as_str()).collect();
+    assert_eq!(targets, ["orapush-node1:8080", "orapush-node2:8080"]);
+    for (context, words) in &servers {
+        assert_eq!(context, upstream, "{words:?}");
+        assert!(words.contains(&"resolve".to_string()), "{words:?}");
+    }
+    assert!(find("zone").iter().any(|(c, _)| c == upstream), "the upstream has no zone");
+    assert_eq!(find("resolver").first().map(|(_, w)| w[1].as_str()), Some("127.0.0.11"), "Docker's DNS");
+
+    // The location proxies to it with the WebSocket upgrade.
+    let one = |name: &str| {
+        let found = find(name);
+        assert_eq!(found.len(), 1, "one {name}: {found:?}");
+        found[0].clone()
+    };
+    let (location, proxy_pass) = one("proxy_pass");
+    assert_eq!(proxy_pass[1], format!("http://{}", upstream[0].trim_start_matches("upstream ")));
+    for directive in ["proxy_http_version", "proxy_read_timeout"] {
+        assert_eq!(one(directive).0, location, "{directive} is where proxy_pass is");
+    }
+    assert_eq!(one("proxy_http_version").1[1], "1.1");
+    let header = |name: &str| {
+        let found: Vec<_> = find("proxy_set_header").into_iter().filter(|(_, w)| w[1] == name).collect();
+        assert_eq!(found.len(), 1, "one {name} header: {found:?}");
+        assert_eq!(found[0].0, location, "{name} is set where proxy_pass is");
+        found[0].1[2].clone()
+    };
+    assert_eq!(header("Upgrade"), "$http_upgrade");
+    let connection = header("Connection");
+    if connection.starts_with('$') {
+        // A map from $http_upgrade: "upgrade" for a handshake.
+        let map = format!("map $http_upgrade {connection}");
+        assert!(
+            directives.iter().any(|(c, w)| c == std::slice::from_ref(&map) && w == &["default", "upgrade"]),
+            "{map} does not default to upgrade"
+        );
+    } else {
+        assert_eq!(connection.trim_matches('"'), "upgrade");
+    }
+    // Longer than orapush's ping interval (server.ping_interval_ms, 25 s): a
+    // quiet socket sees a ping before nginx gives up on it.
+    let timeout = nginx_seconds(&one("proxy_read_timeout").1[1]);
+    assert!(timeout > 25, "proxy_read_timeout {timeout}s");
 }
 
 /// The database runs sql/oracle/grants.sql and install.sql themselves, from a mount of sql/oracle.
