@@ -121,7 +121,10 @@ fn start_orapush_with(binary: &Path, env: &[(String, String)]) -> Server {
         .expect("start orapush");
     wait_listening(port);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(port, "/readyz").starts_with("HTTP/1.1 200") {
+    // Ready and draining (with the Redis broker, ready means Redis is there,
+    // not that the source is up yet).
+    let draining = |r: String| r.starts_with("HTTP/1.1 200") && r.contains("\"role\":\"active\"");
+    while !draining(http_get(port, "/readyz")) {
         assert!(Instant::now() < deadline, "orapush on {port} never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -363,34 +366,10 @@ async fn outbox_latency(
     let total = (rate * seconds) as usize;
     // The first frame is the subscription confirmation.
     let _ = ws.next().await;
-    let writer = std::thread::spawn(move || {
-        let mut insert = inserter();
-        let start = Instant::now();
-        for i in 0..total {
-            let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            insert(&format!(r#"{{"t":{}}}"#, now_micros()));
-        }
-    });
-    let mut latencies = Vec::with_capacity(total);
-    while latencies.len() < total {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("messages keep coming") {
-            Some(Ok(Message::Text(t))) => {
-                let f: serde_json::Value = serde_json::from_str(&t).unwrap();
-                if let Some(sent) = f["data"]["t"].as_u64() {
-                    latencies.push((now_micros().saturating_sub(sent)) as f64 / 1000.0);
-                }
-            }
-            Some(Ok(_)) => {}
-            other => panic!("latency socket ended: {other:?}"),
-        }
-    }
-    writer.join().unwrap();
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    (pct(0.50), pct(0.99), latencies[latencies.len() - 1], latencies.len())
+    let latencies = timed_rows(&mut ws, rate, total, inserter).await;
+    let n = latencies.len();
+    let (p50, p99, max) = percentiles(latencies);
+    (p50, p99, max, n)
 }
 
 /// A scratch schema on the benchmark's PostgreSQL, dropped afterwards.
@@ -687,18 +666,18 @@ fn oracle_inserter(
     }
 }
 
-/// p50, p99 and max of a set of latencies.
-fn percentiles(mut latencies: Vec<f64>) -> (f64, f64, f64) {
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    (pct(0.50), pct(0.99), latencies[latencies.len() - 1])
-}
-
-/// Insert→receive latency (ms) at `rate` rows/s through the running orapush.
-async fn target_latency(args: &OracleArgs, addr: &str, path: &str) -> (f64, f64, f64, usize) {
-    let mut ws = open_target(addr, path, "lat").await;
-    let (rate, total) = (args.rate, (args.rate * args.latency_seconds) as usize);
-    let inserter = oracle_inserter(args.oracle.clone(), args.owner.clone(), args.owner_password.clone());
+/// Inserts `total` rows at `rate` rows/s on a thread of their own, each
+/// carrying its send time, and returns each one's insert→receive latency
+/// (ms) as it arrives on `ws`.
+async fn timed_rows<S>(
+    ws: &mut S,
+    rate: u64,
+    total: usize,
+    inserter: impl FnOnce() -> Inserter + Send + 'static,
+) -> Vec<f64>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     let writer = std::thread::spawn(move || {
         let mut insert = inserter();
         let start = Instant::now();
@@ -724,6 +703,22 @@ async fn target_latency(args: &OracleArgs, addr: &str, path: &str) -> (f64, f64,
         }
     }
     writer.join().unwrap();
+    latencies
+}
+
+/// p50, p99 and max of a set of latencies.
+fn percentiles(mut latencies: Vec<f64>) -> (f64, f64, f64) {
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (pct(0.50), pct(0.99), latencies[latencies.len() - 1])
+}
+
+/// Insert→receive latency (ms) at `rate` rows/s through the running orapush.
+async fn target_latency(args: &OracleArgs, addr: &str, path: &str) -> (f64, f64, f64, usize) {
+    let mut ws = open_target(addr, path, "lat").await;
+    let (rate, total) = (args.rate, (args.rate * args.latency_seconds) as usize);
+    let inserter = oracle_inserter(args.oracle.clone(), args.owner.clone(), args.owner_password.clone());
+    let latencies = timed_rows(&mut ws, rate, total, inserter).await;
     let n = latencies.len();
     let (p50, p99, max) = percentiles(latencies);
     (p50, p99, max, n)

@@ -115,6 +115,16 @@ pub struct Published {
     pub delivered: usize,
 }
 
+/// One frame on its way to a channel's connections (see `Hub::fan_out`).
+struct Fanout<'a> {
+    channel: &'a str,
+    frame: &'a Utf8Bytes,
+    /// The message's `data` alone, for legacy `/` connections.
+    data: Option<&'a str>,
+    target: Option<&'a str>,
+    receipt: Option<&'a Receipt>,
+}
+
 /// A frame numbered by the broker, as it reaches this node.
 pub struct RemoteFrame<'a> {
     pub channel: &'a str,
@@ -210,13 +220,21 @@ impl State {
 /// `(offset, target user key, frame)`.
 type Buffered = (u64, Option<Arc<str>>, Utf8Bytes);
 
+/// A subscriber whose history is being read, and what came meanwhile.
+/// **Overflow policy:** past the limit the connection is kicked (closed with
+/// 1013, like a full queue) rather than given a gap.
+struct Pending {
+    kick: CancellationToken,
+    frames: Vec<Buffered>,
+}
+
 struct Channel {
     /// Empty while a remote-numbered channel has no numbering seen yet.
     epoch: Arc<str>,
     last_offset: u64,
     /// Remote numbering: subscribers whose history is being read, and the
     /// live frames that came meanwhile (see [`Hub::finish_remote_subscribe`]).
-    pending: HashMap<ConnId, Vec<Buffered>>,
+    pending: HashMap<ConnId, Pending>,
     /// When the last message was published (history lives `history_ttl` past it).
     last_publish: Instant,
     history: VecDeque<Kept>,
@@ -328,7 +346,6 @@ impl Hub {
     /// Numbers the message, keeps it for recovery and queues its frame to
     /// every matching subscriber, without ever waiting on one.
     pub fn publish(&self, msg: &Message, receipt: Option<&Receipt>) -> Published {
-        let metrics = &self.inner.metrics;
         let mut state = self.state();
         let State { channels, legacy, history_messages, history_bytes, .. } = &mut *state;
         let channel = channels.entry(msg.channel.clone()).or_insert_with(Channel::new);
@@ -350,32 +367,9 @@ impl Hub {
         // kept in that form too).
         let target_key = msg.target_user.as_deref().map(|u| self.inner.config.user_case.key(u));
         let target = target_key.as_deref();
-        let mut delivered = 0;
-        channel.subscribers.retain(|_, sub| {
-            if !may_receive(sub, target) {
-                return true;
-            }
-            let kept = deliver(sub, &frame, receipt, metrics);
-            delivered += usize::from(kept);
-            if !kept {
-                metrics.subscriptions.dec();
-            }
-            kept
-        });
-
-        if !legacy.is_empty() && self.inner.legacy_patterns.iter().any(|p| p.matches(&msg.channel)) {
-            let bare: Utf8Bytes = msg.data.get().into();
-            legacy.retain(|_, sub| {
-                let permitted =
-                    sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(&msg.channel)));
-                if !permitted || !may_receive(sub, target) {
-                    return true;
-                }
-                let kept = deliver(sub, &bare, receipt, metrics);
-                delivered += usize::from(kept);
-                kept
-            });
-        }
+        let out =
+            Fanout { channel: &msg.channel, frame: &frame, data: Some(msg.data.get()), target, receipt };
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
 
         let config = &self.inner.config;
         if config.history_size > 0 {
@@ -656,7 +650,6 @@ impl Hub {
 
     /// Delivers a frame numbered elsewhere to this node's subscribers.
     pub fn deliver_remote(&self, frame: RemoteFrame<'_>) -> RemoteDelivery {
-        let metrics = &self.inner.metrics;
         let mut state = self.state();
         let State { channels, legacy, .. } = &mut *state;
         let channel =
@@ -680,45 +673,56 @@ impl Hub {
         let bytes: Utf8Bytes = frame.frame.into();
         let target = frame.target_key;
         let queue_limit = self.inner.config.history_size.max(1024);
-        let mut kicked = Vec::new();
-        for (conn, buffered) in channel.pending.iter_mut() {
-            if buffered.len() >= queue_limit {
-                kicked.push(*conn);
-            } else {
-                buffered.push((frame.offset, target.map(Arc::from), bytes.clone()));
+        for pending in channel.pending.values_mut() {
+            if pending.frames.len() >= queue_limit {
+                pending.kick.cancel();
+            } else if !pending.kick.is_cancelled() {
+                pending.frames.push((frame.offset, target.map(Arc::from), bytes.clone()));
             }
         }
-        for conn in kicked {
-            channel.pending.remove(&conn);
-        }
+        let out = Fanout { channel: frame.channel, frame: &bytes, data: frame.data, target, receipt: None };
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
+        RemoteDelivery::Delivered(delivered)
+    }
+
+    /// Queues a frame to a channel's subscribers that may receive it
+    /// (dropping those whose queue overflowed) and its bare `data` to the
+    /// legacy `/` connections that want the channel. Returns how many
+    /// connections got it.
+    fn fan_out(
+        &self,
+        subscribers: &mut HashMap<ConnId, Subscriber>,
+        legacy: &mut HashMap<ConnId, Subscriber>,
+        out: &Fanout<'_>,
+    ) -> usize {
+        let metrics = &self.inner.metrics;
         let mut delivered = 0;
-        channel.subscribers.retain(|_, sub| {
-            if !may_receive(sub, target) {
+        subscribers.retain(|_, sub| {
+            if !may_receive(sub, out.target) {
                 return true;
             }
-            let kept = deliver(sub, &bytes, None, metrics);
+            let kept = deliver(sub, out.frame, out.receipt, metrics);
             delivered += usize::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
             }
             kept
         });
-        if let Some(data) = frame.data {
-            if !legacy.is_empty() && self.inner.legacy_patterns.iter().any(|p| p.matches(frame.channel)) {
-                let bare: Utf8Bytes = data.into();
-                legacy.retain(|_, sub| {
-                    let permitted =
-                        sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(frame.channel)));
-                    if !permitted || !may_receive(sub, target) {
-                        return true;
-                    }
-                    let kept = deliver(sub, &bare, None, metrics);
-                    delivered += usize::from(kept);
-                    kept
-                });
-            }
+        let Some(data) = out.data else { return delivered };
+        if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
+            return delivered;
         }
-        RemoteDelivery::Delivered(delivered)
+        let bare: Utf8Bytes = data.into();
+        legacy.retain(|_, sub| {
+            let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
+            if !permitted || !may_receive(sub, out.target) {
+                return true;
+            }
+            let kept = deliver(sub, &bare, out.receipt, metrics);
+            delivered += usize::from(kept);
+            kept
+        });
+        delivered
     }
 
     /// The channel's numbering restarted (Redis lost its data) or could not
@@ -786,7 +790,7 @@ impl Hub {
         if channel.subscribers.contains_key(&sub.conn) || channel.pending.contains_key(&sub.conn) {
             return false;
         }
-        channel.pending.insert(sub.conn, Vec::new());
+        channel.pending.insert(sub.conn, Pending { kick: sub.kick.clone(), frames: Vec::new() });
         true
     }
 
@@ -805,7 +809,7 @@ impl Hub {
             .channels
             .entry(channel_name.to_owned())
             .or_insert_with(|| Channel::resumed(Arc::from(""), 0));
-        let buffered = channel.pending.remove(&sub.conn).unwrap_or_default();
+        let buffered = channel.pending.remove(&sub.conn).map(|p| p.frames).unwrap_or_default();
         let user = sub.user.as_deref();
         let visible = |target: Option<&str>| target.is_none() || target == user;
         let (epoch, read_offset, recovered, mut replay) = match history {

@@ -209,7 +209,7 @@ impl RedisNode {
             return;
         };
         let data = extract_data(live.frame);
-        let frame = RemoteFrame {
+        let frame = || RemoteFrame {
             channel,
             epoch: live.epoch,
             offset: live.offset,
@@ -217,33 +217,17 @@ impl RedisNode {
             frame: live.frame,
             data: data.as_deref(),
         };
-        match self.inner.hub.deliver_remote(frame) {
+        match self.inner.hub.deliver_remote(frame()) {
             RemoteDelivery::Delivered(_) | RemoteDelivery::Duplicate => {}
             RemoteDelivery::Gap { last } => {
                 let since = Position { epoch: live.epoch.to_owned(), offset: last };
                 self.catch_up(channel, &since).await;
-                let frame = RemoteFrame {
-                    channel,
-                    epoch: live.epoch,
-                    offset: live.offset,
-                    target_key: live.target_key,
-                    frame: live.frame,
-                    data: data.as_deref(),
-                };
-                let _ = self.inner.hub.deliver_remote(frame);
+                let _ = self.inner.hub.deliver_remote(frame());
             }
             RemoteDelivery::NewEpoch => {
                 warn!(channel, "the channel's numbering restarted in Redis; its subscribers reload");
                 self.inner.hub.reset_remote(channel, live.epoch, live.offset.saturating_sub(1));
-                let frame = RemoteFrame {
-                    channel,
-                    epoch: live.epoch,
-                    offset: live.offset,
-                    target_key: live.target_key,
-                    frame: live.frame,
-                    data: data.as_deref(),
-                };
-                let _ = self.inner.hub.deliver_remote(frame);
+                let _ = self.inner.hub.deliver_remote(frame());
             }
         }
     }
