@@ -365,6 +365,12 @@ async fn listen(
             ok &= sink.psubscribe(&pattern).await.is_ok();
         }
         if !ok {
+            // Connected but refused: wait like any failure, never spin.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         backoff = Duration::from_millis(100);
