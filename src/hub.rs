@@ -85,6 +85,9 @@ pub struct Subscriber {
     /// Legacy `/` connections only: the channels this one may receive
     /// (`None`: every channel in `legacy.channels`).
     pub permits: Option<Arc<[ChannelPattern]>>,
+    /// Remote numbering: the offset its replay already covered; live frames
+    /// up to it are not sent again (0 otherwise).
+    pub floor: u64,
 }
 
 /// A client's position in a channel's stream.
@@ -118,6 +121,8 @@ pub struct Published {
 /// One frame on its way to a channel's connections (see `Hub::fan_out`).
 struct Fanout<'a> {
     channel: &'a str,
+    /// A remote frame's offset, checked against each subscriber's floor.
+    offset: Option<u64>,
     frame: &'a Utf8Bytes,
     /// The message's `data` alone, for legacy `/` connections.
     data: Option<&'a str>,
@@ -367,8 +372,14 @@ impl Hub {
         // kept in that form too).
         let target_key = msg.target_user.as_deref().map(|u| self.inner.config.user_case.key(u));
         let target = target_key.as_deref();
-        let out =
-            Fanout { channel: &msg.channel, frame: &frame, data: Some(msg.data.get()), target, receipt };
+        let out = Fanout {
+            channel: &msg.channel,
+            offset: None,
+            frame: &frame,
+            data: Some(msg.data.get()),
+            target,
+            receipt,
+        };
         let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
 
         let config = &self.inner.config;
@@ -680,7 +691,14 @@ impl Hub {
                 pending.frames.push((frame.offset, target.map(Arc::from), bytes.clone()));
             }
         }
-        let out = Fanout { channel: frame.channel, frame: &bytes, data: frame.data, target, receipt: None };
+        let out = Fanout {
+            channel: frame.channel,
+            offset: Some(frame.offset),
+            frame: &bytes,
+            data: frame.data,
+            target,
+            receipt: None,
+        };
         let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
         RemoteDelivery::Delivered(delivered)
     }
@@ -698,7 +716,7 @@ impl Hub {
         let metrics = &self.inner.metrics;
         let mut delivered = 0;
         subscribers.retain(|_, sub| {
-            if !may_receive(sub, out.target) {
+            if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                 return true;
             }
             let kept = deliver(sub, out.frame, out.receipt, metrics);
@@ -843,6 +861,10 @@ impl Hub {
             }
         }
         let offset = covered;
+        // Frames up to what the replay covered may still be on their way
+        // here live (this node's pub/sub can lag the history read).
+        let mut sub = sub;
+        sub.floor = covered;
         channel.subscribers.insert(sub.conn, sub);
         self.inner.metrics.subscriptions.inc();
         let replay = replay.into_iter().map(|(_, f)| f).collect();
@@ -929,7 +951,14 @@ mod tests {
     fn subscriber(conn: ConnId, queue: usize, user: Option<&str>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(queue);
         (
-            Subscriber { conn, tx, kick: CancellationToken::new(), user: user.map(Arc::from), permits: None },
+            Subscriber {
+                conn,
+                tx,
+                kick: CancellationToken::new(),
+                user: user.map(Arc::from),
+                permits: None,
+                floor: 0,
+            },
             rx,
         )
     }

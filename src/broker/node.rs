@@ -388,7 +388,9 @@ async fn listen(
                         let _ = ack.send(done);
                     }
                     Some(Control::Release(channel)) => {
-                        if wanted.remove(&channel) {
+                        // A subscriber may have come since the reconciler looked.
+                        let still_wanted = node.inner.hub.subscribed_channels().contains(&channel);
+                        if !still_wanted && wanted.remove(&channel) {
                             let _ = sink.unsubscribe(node.inner.keys.live(&channel)).await;
                         }
                     }

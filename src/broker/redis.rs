@@ -12,9 +12,10 @@
 //! | `<prefix>:{<channel>}:live` | pub/sub channel | each frame as published |
 //!
 //! Channel names go to the script as keys and arguments, never into its
-//! source. Meta and stream expire `hub.history_ttl_s` after the channel's
-//! last message, like the memory hub's history; a row's idempotency key
-//! lives longer than any redelivery ([`ROW_KEY_TTL_S`]).
+//! source. The stream expires `hub.history_ttl_s` after the channel's last
+//! message, like the memory hub's history; the numbering (meta) and a row's
+//! idempotency key live a day ([`ROW_KEY_TTL_S`]), so a quiet channel keeps
+//! its epoch and no redelivery gets a second offset.
 //!
 //! A live message on the pub/sub channel is `<epoch>:<offset>:<n>:<target
 //! user, n bytes><frame>`, so a node reads the numbering and the target
@@ -56,7 +57,9 @@ local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local frame = '{"type":"message","channel":' .. ARGV[5] .. ',"epoch":"' .. epoch .. '","offset":' .. offset
   .. ',"id":' .. ARGV[6] .. ',"data":' .. ARGV[7] .. '}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-1', 'f', frame, 'u', ARGV[8])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+-- The numbering outlives the history (ARGV[9], a day): a quiet channel
+-- keeps its epoch, like in the memory hub; the frames go after the ttl.
+redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), tonumber(ARGV[9])))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. string.len(ARGV[8]) .. ':' .. ARGV[8] .. frame)
 if ARGV[10] == '1' then

@@ -121,7 +121,7 @@ pub async fn run(
         Mode::Protocol { .. } => None,
     };
     let user = identity.as_ref().and_then(|id| id.sub.as_deref()).map(|sub| ctx.access.user_key(sub));
-    let subscriber = Subscriber { conn, tx, kick: CancellationToken::new(), user, permits };
+    let subscriber = Subscriber { conn, tx, kick: CancellationToken::new(), user, permits, floor: 0 };
     let frame_tokens = f64::from(ctx.config.frames_per_second);
     let mut session = Session {
         conn,
@@ -424,14 +424,16 @@ impl Session {
         channel: &str,
         since: Option<&crate::hub::Position>,
     ) -> Result<crate::hub::Subscribed, AlreadySubscribed> {
+        // Registered first, so the node's reconciler never releases the
+        // channel between the SUBSCRIBE and the registration.
+        if !self.ctx.hub.start_remote_subscribe(channel, &self.subscriber) {
+            return Err(AlreadySubscribed);
+        }
         let node = broker.node();
         let listening = match node {
             Some(node) => node.want(channel).await,
             None => false,
         };
-        if !self.ctx.hub.start_remote_subscribe(channel, &self.subscriber) {
-            return Err(AlreadySubscribed);
-        }
         let history = match (listening, node) {
             (true, Some(node)) => node.history(channel, since).await,
             _ => None,
