@@ -231,6 +231,9 @@ type Buffered = (u64, Option<Arc<str>>, Utf8Bytes);
 struct Pending {
     kick: CancellationToken,
     frames: Vec<Buffered>,
+    /// The channel's numbering was reset while the history was read: what
+    /// was read may not join up with what comes next.
+    reset: bool,
 }
 
 struct Channel {
@@ -753,6 +756,11 @@ impl Hub {
         let Some(channel) = state.channels.get_mut(channel_name) else { return };
         channel.epoch = Arc::from(epoch);
         channel.last_offset = last_offset;
+        // Subscribers still reading their history join at the new position.
+        for pending in channel.pending.values_mut() {
+            pending.reset = true;
+            pending.frames.clear();
+        }
         let notice: Utf8Bytes = crate::ws::protocol::subscribed(
             channel_name,
             &Subscribed {
@@ -808,7 +816,7 @@ impl Hub {
         if channel.subscribers.contains_key(&sub.conn) || channel.pending.contains_key(&sub.conn) {
             return false;
         }
-        channel.pending.insert(sub.conn, Pending { kick: sub.kick.clone(), frames: Vec::new() });
+        channel.pending.insert(sub.conn, Pending { kick: sub.kick.clone(), frames: Vec::new(), reset: false });
         true
     }
 
@@ -827,9 +835,22 @@ impl Hub {
             .channels
             .entry(channel_name.to_owned())
             .or_insert_with(|| Channel::resumed(Arc::from(""), 0));
-        let buffered = channel.pending.remove(&sub.conn).map(|p| p.frames).unwrap_or_default();
+        let (buffered, reset) =
+            channel.pending.remove(&sub.conn).map_or((Vec::new(), false), |p| (p.frames, p.reset));
         let user = sub.user.as_deref();
         let visible = |target: Option<&str>| target.is_none() || target == user;
+        // A history of another numbering than the one this node follows (the
+        // channel was reset meanwhile, or Redis restarted its numbering and
+        // no live frame told this node yet) cannot be joined to the live
+        // frames: the subscriber starts where the node is, not recovered
+        // (and hears of a newer numbering as every subscriber does).
+        let other_numbering = |h: &RemoteHistory| {
+            !channel.epoch.is_empty() && h.epoch.as_deref().is_some_and(|e| e != &*channel.epoch)
+        };
+        let history = match history {
+            Some(h) if reset || other_numbering(&h) => None,
+            other => other,
+        };
         let (epoch, read_offset, recovered, mut replay) = match history {
             Some(h) => {
                 if let (true, Some(epoch)) = (channel.epoch.is_empty(), &h.epoch) {
@@ -1183,6 +1204,62 @@ mod tests {
         assert!(matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         drop(a_rx.try_recv().unwrap());
         assert!(matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
+    }
+
+    fn remote(h: &Hub, epoch: &str, offset: u64) -> RemoteDelivery {
+        let frame = format!(r#"{{"type":"message","channel":"c","epoch":"{epoch}","offset":{offset},"id":"1","data":{{}}}}"#);
+        h.deliver_remote(RemoteFrame { channel: "c", epoch, offset, target_key: None, frame: &frame, data: None })
+    }
+
+    fn history(epoch: &str, from: u64, to: u64) -> RemoteHistory {
+        RemoteHistory {
+            epoch: Some(epoch.into()),
+            offset: to,
+            recovered: true,
+            frames: (from..=to).map(|o| (o, None, format!(r#"{{"offset":{o}}}"#))).collect(),
+        }
+    }
+
+    /// A remote subscribe joins the history read and the frames that came
+    /// meanwhile, each offset once, in order.
+    #[test]
+    fn remote_subscribe_joins_history_and_live_frames() {
+        let h = hub(10);
+        assert!(matches!(remote(&h, "e1", 1), RemoteDelivery::Delivered(_)));
+        let (a, _rx) = subscriber(1, 16, None);
+        assert!(h.start_remote_subscribe("c", &a));
+        for o in 2..=4 {
+            assert!(matches!(remote(&h, "e1", o), RemoteDelivery::Delivered(_)));
+        }
+        // The history was read when offset 3 was the last.
+        let s = h.finish_remote_subscribe("c", a, Some(history("e1", 2, 3)));
+        assert!(s.recovered);
+        assert_eq!((s.epoch.as_str(), s.offset), ("e1", 4));
+        assert_eq!(offsets(&s.replay), vec![2, 3, 4]);
+    }
+
+    /// A reset while the history is read (the stream could not fill a gap,
+    /// or the numbering restarted) makes the read useless: the subscriber
+    /// joins at the node's new position, not recovered, with no gap hidden.
+    #[test]
+    fn remote_subscribe_across_a_reset_is_not_recovered() {
+        let h = hub(10);
+        assert!(matches!(remote(&h, "e1", 1), RemoteDelivery::Delivered(_)));
+        let (a, _rx) = subscriber(1, 16, None);
+        assert!(h.start_remote_subscribe("c", &a));
+        h.reset_remote("c", "e1", 50);
+        assert!(matches!(remote(&h, "e1", 51), RemoteDelivery::Delivered(_)));
+        let s = h.finish_remote_subscribe("c", a, Some(history("e1", 1, 1)));
+        assert!(!s.recovered);
+        assert_eq!((s.epoch.as_str(), s.offset), ("e1", 51));
+        assert!(s.replay.is_empty());
+
+        // A history of another numbering than the node follows.
+        let (b, _rx) = subscriber(2, 16, None);
+        assert!(h.start_remote_subscribe("c", &b));
+        let s = h.finish_remote_subscribe("c", b, Some(history("e2", 1, 2)));
+        assert!(!s.recovered);
+        assert_eq!((s.epoch.as_str(), s.offset), ("e1", 51));
     }
 
     /// Subscribing twice to one channel is refused.

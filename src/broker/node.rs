@@ -8,7 +8,7 @@
 //! - **Listening.** One pub/sub connection, owned by [`listen`]. A channel
 //!   is SUBSCRIBEd while it has a local subscriber ([`RedisNode::want`]
 //!   waits for the SUBSCRIBE to take effect), and UNSUBSCRIBEd by the
-//!   reconciler once it has none. Legacy `/` sockets want every channel: the
+//!   listener's reconcile (every report interval) once it has none. Legacy `/` sockets want every channel: the
 //!   node PSUBSCRIBEs to all live channels while it has any.
 //! - **No silent gap.** Frames reach the hub in offset order; when one
 //!   arrives after a gap, the missing ones are read from the stream first.
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::redis::{decode_live, BrokerError, History, Keys, Numbered, Publication, RedisBroker};
+use super::redis::{decode_live, BrokerError, History, Keys, LiveFrame, Numbered, Publication, Published, RedisBroker};
 use crate::config::{RedisSettings, SourceKind, UserCase};
 use crate::hub::{Hub, Position, RemoteDelivery, RemoteFrame, RemoteHistory};
 use crate::message::Message;
@@ -46,9 +46,16 @@ const CONTROL_QUEUE: usize = 64;
 
 enum Control {
     Want(String, oneshot::Sender<bool>),
-    Release(String),
+    /// Unsubscribe what no local subscriber wants any more, and retry the
+    /// catch-ups that failed (sent by the reporter every interval).
+    Reconcile,
     Legacy(bool),
 }
+
+/// A connection that lived this long was healthy: the next failure starts
+/// again from the shortest backoff. One that dropped sooner keeps growing
+/// it, so a Redis that accepts and then drops connections is not hammered.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(5);
 
 /// This node's side of the Redis broker. Cheap to clone.
 #[derive(Clone)]
@@ -67,6 +74,9 @@ struct Inner {
     user_case: UserCase,
     connected: AtomicBool,
     metrics: Metrics,
+    /// Channels whose catch-up from the stream failed (Redis answered an
+    /// error): retried on the next reconcile, or by the next live frame.
+    behind: std::sync::Mutex<HashSet<String>>,
 }
 
 impl RedisNode {
@@ -98,6 +108,7 @@ impl RedisNode {
                 user_case,
                 connected: AtomicBool::new(false),
                 metrics,
+                behind: std::sync::Mutex::new(HashSet::new()),
             }),
         };
         let client = redis::Client::open(settings.url.expose())?;
@@ -112,16 +123,28 @@ impl RedisNode {
     }
 
     /// Publishes a drained batch; Ok once Redis has every message.
-    pub async fn publish_batch(&self, messages: &[Message]) -> Result<Vec<Numbered>, BrokerError> {
+    pub async fn publish_batch(&self, messages: &[Message]) -> Result<Published, BrokerError> {
         let publications: Vec<Publication<'_>> = messages
             .iter()
             .map(|m| Publication {
                 message: m,
-                row: Some(format!("{}:{}", self.inner.source, m.id)),
+                row: Some(self.row_id(m)),
                 target_key: m.target_user.as_deref().map(|u| self.inner.user_case.key(u)),
             })
             .collect();
         self.inner.broker.clone().publish(&publications).await
+    }
+
+    /// Forgets a published batch's rows once the outbox deleted them (see
+    /// [`RedisBroker::forget`]); a failure only leaves them to expire.
+    pub async fn forget(&self, records: &[(String, String)]) {
+        if let Err(e) = self.inner.broker.clone().forget(records).await {
+            debug!(error = %e, "could not forget a delivered batch's rows; they expire instead");
+        }
+    }
+
+    fn row_id(&self, message: &Message) -> String {
+        format!("{}:{}", self.inner.source, message.id)
     }
 
     /// Publishes one message from HTTP (no source row).
@@ -131,8 +154,8 @@ impl RedisNode {
             row: None,
             target_key: message.target_user.as_deref().map(|u| self.inner.user_case.key(u)),
         };
-        let mut numbered = self.inner.broker.clone().publish(&[publication]).await?;
-        numbered.pop().ok_or_else(|| BrokerError::Protocol("no reply".into()))
+        let mut published = self.inner.broker.clone().publish(&[publication]).await?;
+        published.numbers.pop().ok_or_else(|| BrokerError::Protocol("no reply".into()))
     }
 
     /// Listens to `channel` (returns once the SUBSCRIBE took effect, or
@@ -200,28 +223,36 @@ impl RedisNode {
         3 * REPORT_TTL_INTERVALS_MS.load(Ordering::Relaxed)
     }
 
-    /// Hands a live frame to the hub in order: a gap is filled from the
-    /// stream first; a new epoch, or a gap the stream cannot fill, resets
-    /// the channel's subscribers (`recovered: false`).
+    /// Hands a live message's frames to the hub in order (see
+    /// [`Self::on_live_frame`]).
     async fn on_live(&self, channel: &str, payload: &[u8]) {
-        let Some(live) = decode_live(payload) else {
+        let Some(frames) = decode_live(channel, payload) else {
             warn!(channel, "malformed message on a live channel; ignored");
             return;
         };
-        let data = extract_data(live.frame);
+        for live in frames {
+            self.on_live_frame(channel, live).await;
+        }
+    }
+
+    /// Hands a live frame to the hub in order: a gap is filled from the
+    /// stream first; a new epoch, or a gap the stream cannot fill, resets
+    /// the channel's subscribers (`recovered: false`).
+    async fn on_live_frame(&self, channel: &str, live: LiveFrame<'_>) {
+        let data = extract_data(&live.frame);
         let frame = || RemoteFrame {
             channel,
             epoch: live.epoch,
             offset: live.offset,
             target_key: live.target_key,
-            frame: live.frame,
+            frame: &live.frame,
             data: data.as_deref(),
         };
         match self.inner.hub.deliver_remote(frame()) {
             RemoteDelivery::Delivered(_) | RemoteDelivery::Duplicate => {}
             RemoteDelivery::Gap { last } => {
                 let since = Position { epoch: live.epoch.to_owned(), offset: last };
-                self.catch_up(channel, &since).await;
+                self.catch_up(channel, Some(&since)).await;
                 let _ = self.inner.hub.deliver_remote(frame());
             }
             RemoteDelivery::NewEpoch => {
@@ -233,15 +264,25 @@ impl RedisNode {
     }
 
     /// Delivers what the stream holds after `since`; resets the channel
-    /// when it cannot.
-    async fn catch_up(&self, channel: &str, since: &Position) {
-        let history = match self.inner.broker.clone().history(channel, Some(since)).await {
+    /// when it cannot. A channel this node has no numbering for yet (its
+    /// subscribers joined while Redis was out of reach) is told where the
+    /// numbering stands, not recovered. A failed read is retried later.
+    async fn catch_up(&self, channel: &str, since: Option<&Position>) {
+        let history = match self.inner.broker.clone().history(channel, since).await {
             Ok(h) => h,
             Err(e) => {
-                warn!(error = %e, channel, "could not fill a gap from the stream");
+                warn!(error = %e, channel, "could not fill a gap from the stream; retrying shortly");
+                self.behind().insert(channel.to_owned());
                 return;
             }
         };
+        self.behind().remove(channel);
+        if since.is_none() {
+            if let Some(epoch) = &history.epoch {
+                self.inner.hub.reset_remote(channel, epoch, history.offset);
+            }
+            return;
+        }
         if !history.recovered {
             if let Some(epoch) = &history.epoch {
                 warn!(
@@ -269,10 +310,23 @@ impl RedisNode {
     /// After a reconnect: every listened channel catches up from its stream.
     async fn catch_up_all(&self) {
         for channel in self.inner.hub.subscribed_channels() {
-            if let Some((epoch, offset)) = self.inner.hub.remote_position(&channel) {
-                self.catch_up(&channel, &Position { epoch, offset }).await;
-            }
+            let position = self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            self.catch_up(&channel, position.as_ref()).await;
         }
+    }
+
+    /// Retries the catch-ups that failed.
+    async fn catch_up_behind(&self) {
+        let behind: Vec<String> = self.behind().drain().collect();
+        let listened: HashSet<String> = self.inner.hub.subscribed_channels().into_iter().collect();
+        for channel in behind.into_iter().filter(|c| listened.contains(c)) {
+            let position = self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            self.catch_up(&channel, position.as_ref()).await;
+        }
+    }
+
+    fn behind(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.behind.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn channel_of<'a>(&self, live_channel: &'a str) -> Option<&'a str> {
@@ -345,7 +399,7 @@ async fn listen(
                         _ = &mut wait => break,
                         request = requests.recv() => match request {
                             Some(Control::Want(channel, ack)) => { wanted.insert(channel); let _ = ack.send(false); }
-                            Some(Control::Release(channel)) => { wanted.remove(&channel); }
+                            Some(Control::Reconcile) => {}
                             Some(Control::Legacy(on)) => legacy = on,
                             None => return,
                         },
@@ -373,7 +427,7 @@ async fn listen(
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
-        backoff = Duration::from_millis(100);
+        let connected_at = tokio::time::Instant::now();
         node.inner.connected.store(true, Ordering::Relaxed);
         node.inner.metrics.broker_connected.set(1);
         info!("Redis pub/sub connected");
@@ -387,12 +441,16 @@ async fn listen(
                         wanted.insert(channel);
                         let _ = ack.send(done);
                     }
-                    Some(Control::Release(channel)) => {
-                        // A subscriber may have come since the reconciler looked.
-                        let still_wanted = node.inner.hub.subscribed_channels().contains(&channel);
-                        if !still_wanted && wanted.remove(&channel) {
+                    Some(Control::Reconcile) => {
+                        // Read now: a subscriber registers before it asks
+                        // for its channel, so none is released under it.
+                        let listened: HashSet<String> = node.inner.hub.subscribed_channels().into_iter().collect();
+                        let unwanted: Vec<String> = wanted.difference(&listened).cloned().collect();
+                        for channel in unwanted {
+                            wanted.remove(&channel);
                             let _ = sink.unsubscribe(node.inner.keys.live(&channel)).await;
                         }
+                        node.catch_up_behind().await;
                     }
                     Some(Control::Legacy(on)) if on != legacy => {
                         legacy = on;
@@ -417,15 +475,25 @@ async fn listen(
         node.inner.metrics.broker_connected.set(0);
         node.inner.metrics.broker_disconnects.inc();
         warn!("Redis pub/sub connection lost; reconnecting");
+        if connected_at.elapsed() >= HEALTHY_CONNECTION {
+            backoff = Duration::from_millis(100);
+        } else {
+            // Dropped soon after it came up: wait before the next attempt.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
-/// Reports this node's counts, and releases channels nobody here wants.
+/// Reports this node's counts, and has the listener release channels nobody
+/// here wants (and retry failed catch-ups).
 async fn report(node: RedisNode, interval: Duration, stop: CancellationToken) {
     REPORT_TTL_INTERVALS_MS.store(interval.as_millis() as u64, Ordering::Relaxed);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut listened: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -434,11 +502,7 @@ async fn report(node: RedisNode, interval: Duration, stop: CancellationToken) {
         let hub = &node.inner.hub;
         let counts: HashMap<String, u64> =
             hub.channel_subscribers().into_iter().map(|(c, n)| (c, n as u64)).collect();
-        let now_listened: HashSet<String> = hub.subscribed_channels().into_iter().collect();
-        for gone in listened.difference(&now_listened) {
-            let _ = node.inner.control.send(Control::Release(gone.clone())).await;
-        }
-        listened = now_listened;
+        let _ = node.inner.control.send(Control::Reconcile).await;
         node.legacy_wanted(hub.legacy_connections() > 0).await;
         let report = NodeReport { legacy: hub.legacy_connections() as u64, channels: counts };
         let ttl = 3 * interval.as_millis() as u64;

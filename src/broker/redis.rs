@@ -6,20 +6,32 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `<prefix>:{<channel>}:meta` | hash | `epoch`, `offset` (the last one given) |
-//! | `<prefix>:{<channel>}:stream` | stream | the frames, id `<offset>-1`, capped at the history size |
-//! | `<prefix>:{<channel>}:row:<source row>` | string | `epoch:offset` a source row got (idempotency) |
-//! | `<prefix>:{<channel>}:live` | pub/sub channel | each frame as published |
+//! | `<prefix>:{<channel>}:meta` | hash | `epoch`, `offset` (the last one given), `records` (the last record id given) |
+//! | `<prefix>:{<channel>}:stream` | stream | one entry per script call: id `<its last offset>-1`, field `m` = the call's live message; trimmed to the entries holding the last `hub.history_size` offsets |
+//! | `<prefix>:{<channel>}:rows` | hash | per script call, the source rows it numbered (a *record*), until the outbox deleted them (idempotency) |
+//! | `<prefix>:{<channel>}:live` | pub/sub channel | one live message per script call |
 //!
 //! Channel names go to the script as keys and arguments, never into its
 //! source. The stream expires `hub.history_ttl_s` after the channel's last
-//! message, like the memory hub's history; the numbering (meta) and a row's
-//! idempotency key live a day ([`ROW_KEY_TTL_S`]), so a quiet channel keeps
-//! its epoch and no redelivery gets a second offset.
+//! message, like the memory hub's history; the numbering (meta) and the
+//! rows hash live a day after the last call ([`ROW_KEY_TTL_S`]), so a quiet
+//! channel keeps its epoch and no redelivery gets a second offset. A call's
+//! record leaves the rows hash once the outbox deleted its rows
+//! ([`RedisBroker::forget`]): they can no longer be handed over again, so
+//! the hash holds only the batch in flight (and what a crashed drainer left).
 //!
-//! A live message on the pub/sub channel is `<epoch>:<offset>:<n>:<target
-//! user, n bytes><frame>`, so a node reads the numbering and the target
-//! without parsing the frame ([`decode_live`]).
+//! **A live message** (also a stream entry's `m`) is
+//! `<epoch>:<first offset>:` followed by one body per message, numbered on
+//! from the first offset: `<t>:<target user key, t bytes><n>:<tail, n
+//! bytes>`, where the tail is the frame after its offset
+//! (`,"id":…,"data":…}`). orapush writes the bodies; the script only adds
+//! the numbering, and each node rebuilds the frame
+//! (`{"type":"message","channel":…,"epoch":…,"offset":…` + tail) with
+//! [`decode_live`]. So Redis does no per-message string work.
+//!
+//! **A record** is `<epoch>:<first offset>` and one line per message of the
+//! call: a plain line (the row, or empty for a message with none) takes
+//! the next offset; `<row>=<epoch>:<offset>` is a row numbered before.
 
 use std::time::Duration;
 
@@ -30,43 +42,132 @@ use serde_json::value::RawValue;
 use crate::hub::Position;
 use crate::message::Message;
 
-/// How long a source row keeps the offset it got: far longer than a row
-/// can wait to be handed over again after a crash.
+/// How long the numbering and the rows hash outlive a channel's last call:
+/// far longer than a row can wait to be handed over again after a crash.
 pub const ROW_KEY_TTL_S: u64 = 24 * 3600;
 
-/// Numbers one message, appends it to the channel's stream and publishes it
-/// (or gives back what the row got before). See the module doc.
+/// Numbers, appends and publishes the messages of one channel from one
+/// batch, in order, giving a row numbered before its old number back. See
+/// the module doc. One call per channel and batch, not per message, and
+/// inside it a fixed number of Redis calls and no per-message string
+/// building: a Lua call into Redis costs several times what the command
+/// itself does, and this is what lets a backlog drain at tens of thousands
+/// of rows a second. The whole call is atomic, as one call per message
+/// would be.
 const PUBLISH_LUA: &str = r#"
--- KEYS: 1 meta, 2 stream, 3 row key (ignored unless ARGV[10] == '1')
+-- KEYS: 1 meta, 2 stream, 3 rows
 -- ARGV: 1 live channel, 2 epoch if new, 3 history size, 4 ttl seconds,
---       5 channel (JSON string), 6 id (JSON string), 7 data (JSON),
---       8 target user key ('' for none), 9 row key ttl, 10 has row key
-if ARGV[10] == '1' then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then
-    local sep = string.find(seen, ':', 1, true)
-    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 0}
+--       5 rows ttl, 6 message count, then two per message: the source row
+--       ('' for none) and the body ('<t>:<target><n>:<tail>')
+-- Returns {epoch, record id ('' for none), n1, n2, ...}: each message's
+-- offset under that epoch, or 'epoch:offset' for a row numbered before.
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  -- A new numbering: whatever stream is left belongs to the old one.
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local first = offset
+local count = tonumber(ARGV[6])
+
+-- Rows numbered before: only records a crashed drainer left behind (the
+-- records of committed batches are deleted), so this is usually empty.
+local known, holder, records = {}, {}, {}
+local stored = redis.call('HGETALL', KEYS[3])
+for j = 1, #stored, 2 do
+  local id, record = stored[j], stored[j + 1]
+  local rows = {}
+  records[id] = rows
+  local next_offset
+  local record_epoch
+  for line in string.gmatch(record .. '\n', '([^\n]*)\n') do
+    if not next_offset then
+      local sep = string.find(line, ':', 1, true)
+      record_epoch = string.sub(line, 1, sep - 1)
+      next_offset = tonumber(string.sub(line, sep + 1))
+    else
+      local eq = string.find(line, '=', 1, true)
+      local row, number
+      if eq then
+        row, number = string.sub(line, 1, eq - 1), string.sub(line, eq + 1)
+      else
+        row, number = line, record_epoch .. ':' .. next_offset
+        next_offset = next_offset + 1
+      end
+      if row ~= '' then
+        known[row] = number
+        holder[row] = id
+        rows[row] = number
+      end
+    end
   end
 end
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2]) == 1 then
-  -- A new numbering: whatever stream is left belongs to the old one.
-  redis.call('DEL', KEYS[2])
+
+local replies = {epoch, ''}
+local bodies = {}
+local lines = {epoch .. ':' .. (first + 1)}
+local has_rows = false
+local touched = {}
+for i = 1, count do
+  local row = ARGV[5 + i * 2]
+  local before = row ~= '' and known[row]
+  if before then
+    replies[i + 2] = before
+    lines[#lines + 1] = row .. '=' .. before
+    records[holder[row]][row] = nil
+    touched[holder[row]] = true
+  else
+    offset = offset + 1
+    bodies[#bodies + 1] = ARGV[6 + i * 2]
+    lines[#lines + 1] = row
+    replies[i + 2] = offset
+  end
+  has_rows = has_rows or row ~= ''
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local frame = '{"type":"message","channel":' .. ARGV[5] .. ',"epoch":"' .. epoch .. '","offset":' .. offset
-  .. ',"id":' .. ARGV[6] .. ',"data":' .. ARGV[7] .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-1', 'f', frame, 'u', ARGV[8])
--- The numbering outlives the history (ARGV[9], a day): a quiet channel
+
+-- Rows moved to this call's record leave the records they were in.
+for id in pairs(touched) do
+  local left = {'-:0'}
+  for row, number in pairs(records[id]) do
+    left[#left + 1] = row .. '=' .. number
+  end
+  if #left == 1 then
+    redis.call('HDEL', KEYS[3], id)
+  else
+    redis.call('HSET', KEYS[3], id, table.concat(left, '\n'))
+  end
+end
+
+if offset ~= first then
+  local message = epoch .. ':' .. (first + 1) .. ':' .. table.concat(bodies)
+  redis.call('HSET', KEYS[1], 'offset', offset)
+  -- One entry for the call, named by its last offset; the trim keeps every
+  -- entry that holds one of the last ARGV[3] offsets.
+  redis.call('XADD', KEYS[2], offset .. '-1', 'm', message)
+  local keep_from = offset - tonumber(ARGV[3]) + 1
+  if keep_from > 1 then
+    redis.call('XTRIM', KEYS[2], 'MINID', keep_from .. '-0')
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('PUBLISH', ARGV[1], message)
+end
+if has_rows then
+  local id = epoch .. ':' .. redis.call('HINCRBY', KEYS[1], 'records', 1)
+  redis.call('HSET', KEYS[3], id, table.concat(lines, '\n'))
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  replies[2] = id
+end
+-- The numbering outlives the history (ARGV[5], a day): a quiet channel
 -- keeps its epoch, like in the memory hub; the frames go after the ttl.
-redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), tonumber(ARGV[9])))
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. string.len(ARGV[8]) .. ':' .. ARGV[8] .. frame)
-if ARGV[10] == '1' then
-  redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'EX', ARGV[9])
-end
-return {epoch, offset, 1}
+redis.call('EXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), tonumber(ARGV[5])))
+return replies
 "#;
+
+/// The most messages one script call numbers: a call blocks Redis while it
+/// runs, so a large batch of one channel is cut into calls of this size.
+pub const MESSAGES_PER_CALL: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -98,8 +199,8 @@ impl Keys {
     pub fn live(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:live", self.prefix)
     }
-    pub fn row(&self, channel: &str, row: &str) -> String {
-        format!("{}:{{{channel}}}:row:{row}", self.prefix)
+    pub fn rows(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:rows", self.prefix)
     }
 }
 
@@ -135,30 +236,64 @@ pub struct History {
     pub frames: Vec<(u64, Option<String>, String)>,
 }
 
-/// A live message as it arrives on a channel's pub/sub channel.
+/// One frame of a live message, rebuilt (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveFrame<'a> {
     pub epoch: &'a str,
     pub offset: u64,
     pub target_key: Option<&'a str>,
-    pub frame: &'a str,
+    pub frame: String,
 }
 
-/// Reads a live message (see the module doc); None when malformed.
-pub fn decode_live(payload: &[u8]) -> Option<LiveFrame<'_>> {
+/// The head of a channel's message frames, up to the epoch's value:
+/// `{"type":"message","channel":<channel>,"epoch":"`.
+pub fn frame_head(channel: &str) -> String {
+    let channel_json = serde_json::to_string(channel).expect("strings serialise");
+    format!(r#"{{"type":"message","channel":{channel_json},"epoch":""#)
+}
+
+/// A message's body in a live message: `<t>:<target><n>:<tail>`.
+fn body(message: &Message, target_key: Option<&str>) -> String {
+    let id_json = serde_json::to_string(&message.id).expect("strings serialise");
+    let tail = format!(r#","id":{id_json},"data":{}}}"#, RawValue::get(&message.data));
+    let target = target_key.unwrap_or("");
+    format!("{}:{target}{}:{tail}", target.len(), tail.len())
+}
+
+/// Reads a live message of `channel` (see the module doc): its frames in
+/// order, or None when any part is malformed.
+pub fn decode_live<'a>(channel: &str, payload: &'a [u8]) -> Option<Vec<LiveFrame<'a>>> {
     let text = std::str::from_utf8(payload).ok()?;
     let (epoch, rest) = text.split_once(':')?;
-    let (offset, rest) = rest.split_once(':')?;
-    let (len, rest) = rest.split_once(':')?;
-    let len: usize = len.parse().ok()?;
-    let target = rest.get(..len)?;
-    let frame = rest.get(len..)?;
-    Some(LiveFrame {
-        epoch,
-        offset: offset.parse().ok()?,
-        target_key: (!target.is_empty()).then_some(target),
-        frame,
-    })
+    let (first, mut rest) = rest.split_once(':')?;
+    let mut offset: u64 = first.parse().ok()?;
+    let head = frame_head(channel);
+    let mut frames = Vec::new();
+    while !rest.is_empty() {
+        let (target_len, after) = rest.split_once(':')?;
+        let target = after.get(..target_len.parse::<usize>().ok()?)?;
+        let (tail_len, after) = after[target.len()..].split_once(':')?;
+        let tail = after.get(..tail_len.parse::<usize>().ok()?)?;
+        rest = &after[tail.len()..];
+        frames.push(LiveFrame {
+            epoch,
+            offset,
+            target_key: (!target.is_empty()).then_some(target),
+            frame: format!(r#"{head}{epoch}","offset":{offset}{tail}"#),
+        });
+        offset += 1;
+    }
+    (!frames.is_empty()).then_some(frames)
+}
+
+/// What [`RedisBroker::publish`] did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Each message's number, in batch order.
+    pub numbers: Vec<Numbered>,
+    /// `(channel, record id)` of the records that remember the batch's
+    /// rows, for [`RedisBroker::forget`] once the outbox deleted them.
+    pub records: Vec<(String, String)>,
 }
 
 /// Publishing and recovery on one Redis (reconnecting on its own). Cheap to
@@ -204,9 +339,9 @@ impl RedisBroker {
     /// Numbers, keeps and publishes a batch, in order, in one round trip
     /// (one script call per message, pipelined). The batch is published when
     /// this returns Ok: only then may its rows leave the outbox.
-    pub async fn publish(&mut self, batch: &[Publication<'_>]) -> Result<Vec<Numbered>, BrokerError> {
+    pub async fn publish(&mut self, batch: &[Publication<'_>]) -> Result<Published, BrokerError> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Published { numbers: Vec::new(), records: Vec::new() });
         }
         match self.publish_pipelined(batch).await {
             // Redis restarted and forgot the script: load it and run the
@@ -221,33 +356,60 @@ impl RedisBroker {
         }
     }
 
-    async fn publish_pipelined(&mut self, batch: &[Publication<'_>]) -> Result<Vec<Numbered>, BrokerError> {
-        let mut pipe = redis::pipe();
+    async fn publish_pipelined(&mut self, batch: &[Publication<'_>]) -> Result<Published, BrokerError> {
         let new_epoch = format!("{:08x}", rand::random::<u32>());
-        for p in batch {
-            let m = p.message;
-            let channel_json = serde_json::to_string(&m.channel).expect("strings serialise");
-            let id_json = serde_json::to_string(&m.id).expect("strings serialise");
-            let row_key = p.row.as_deref().map(|row| self.keys.row(&m.channel, row));
-            pipe.cmd("EVALSHA")
-                .arg(self.script.get_hash())
+        let calls = calls_by_channel(batch);
+        let mut pipe = redis::pipe();
+        for call in &calls {
+            let channel = &batch[call[0]].message.channel;
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.script.get_hash())
                 .arg(3)
-                .arg(self.keys.meta(&m.channel))
-                .arg(self.keys.stream(&m.channel))
-                .arg(row_key.as_deref().unwrap_or(&self.keys.meta(&m.channel)))
-                .arg(self.keys.live(&m.channel))
+                .arg(self.keys.meta(channel))
+                .arg(self.keys.stream(channel))
+                .arg(self.keys.rows(channel))
+                .arg(self.keys.live(channel))
                 .arg(&new_epoch)
                 .arg(self.history_size.max(1))
                 .arg(self.history_ttl.as_secs().max(1))
-                .arg(channel_json)
-                .arg(id_json)
-                .arg(RawValue::get(&m.data))
-                .arg(p.target_key.as_deref().unwrap_or(""))
                 .arg(ROW_KEY_TTL_S)
-                .arg(if row_key.is_some() { "1" } else { "0" });
+                .arg(call.len());
+            for &i in call {
+                let p = &batch[i];
+                cmd.arg(p.row.as_deref().unwrap_or("")).arg(body(p.message, p.target_key.as_deref()));
+            }
+            pipe.add_command(cmd);
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn).await?;
-        replies.iter().map(numbered).collect()
+        if replies.len() != calls.len() {
+            return Err(BrokerError::Protocol(format!("{} replies to {} script calls", replies.len(), calls.len())));
+        }
+        let mut numbered: Vec<Option<Numbered>> = vec![None; batch.len()];
+        let mut records = Vec::new();
+        for (call, reply) in calls.iter().zip(&replies) {
+            let (record, numbers) = call_numbers(reply, call.len())?;
+            if let Some(record) = record {
+                records.push((batch[call[0]].message.channel.clone(), record));
+            }
+            for (&i, n) in call.iter().zip(numbers) {
+                numbered[i] = Some(n);
+            }
+        }
+        let numbers = numbered.into_iter().map(|n| n.expect("every message is in one call")).collect();
+        Ok(Published { numbers, records })
+    }
+
+    /// Forgets the records of a published batch once the outbox deleted its
+    /// rows (they cannot be handed over again): `(channel, record id)`.
+    pub async fn forget(&mut self, records: &[(String, String)]) -> Result<(), BrokerError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, record) in records {
+            pipe.cmd("HDEL").arg(self.keys.rows(channel)).arg(record).ignore();
+        }
+        Ok(pipe.query_async(&mut self.conn).await?)
     }
 
     /// The channel's numbering and, after `since`, its history: everything
@@ -271,7 +433,7 @@ impl RedisBroker {
         if !same_epoch || since.offset > offset {
             return Ok(History { epoch, offset, recovered: false, frames: Vec::new() });
         }
-        let frames = stream_frames(&replies[1])?;
+        let frames: Vec<_> = stream_frames(channel, &replies[1])?.into_iter().filter(|(o, _, _)| *o > since.offset).collect();
         // Recovered only when the stream still starts right after `since`.
         let complete =
             since.offset == offset || frames.first().is_some_and(|(o, _, _)| *o == since.offset + 1);
@@ -280,38 +442,66 @@ impl RedisBroker {
     }
 }
 
-/// One script reply: `{epoch, offset, fresh}`.
-fn numbered(reply: &Value) -> Result<Numbered, BrokerError> {
-    let (epoch, offset, fresh): (String, u64, u8) = redis::from_redis_value(reply.clone())
-        .map_err(|e| BrokerError::Protocol(format!("script reply: {e}")))?;
-    Ok(Numbered { epoch, offset, fresh: fresh == 1 })
+/// The script calls of a batch: the positions of each channel's messages,
+/// in order, at most [`MESSAGES_PER_CALL`] per call, channels in the order
+/// they first appear (per-channel order is what orapush promises).
+fn calls_by_channel(batch: &[Publication<'_>]) -> Vec<Vec<usize>> {
+    let mut calls: Vec<Vec<usize>> = Vec::new();
+    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, p) in batch.iter().enumerate() {
+        let channel = p.message.channel.as_str();
+        match open.get(channel) {
+            Some(&call) if calls[call].len() < MESSAGES_PER_CALL => calls[call].push(i),
+            _ => {
+                open.insert(channel, calls.len());
+                calls.push(vec![i]);
+            }
+        }
+    }
+    calls
 }
 
-/// XRANGE entries `[id, [field, value, …]]` as `(offset, target, frame)`.
-fn stream_frames(reply: &Value) -> Result<Vec<(u64, Option<String>, String)>, BrokerError> {
-    let entries: Vec<(String, Vec<(String, String)>)> =
-        redis::from_redis_value(reply.clone()).map_err(|e| BrokerError::Protocol(format!("XRANGE: {e}")))?;
-    entries
-        .into_iter()
-        .map(|(id, fields)| {
-            let offset = id
-                .split_once('-')
-                .and_then(|(o, _)| o.parse().ok())
-                .ok_or_else(|| BrokerError::Protocol(format!("stream id {id:?}")))?;
-            let mut frame = None;
-            let mut target = None;
-            for (name, value) in fields {
-                match name.as_str() {
-                    "f" => frame = Some(value),
-                    "u" if !value.is_empty() => target = Some(value),
-                    _ => {}
-                }
+/// A script call's reply (`{epoch, record id, n1, n2, ...}`, see the
+/// script) as its record id and one number per message.
+fn call_numbers(reply: &Value, messages: usize) -> Result<(Option<String>, Vec<Numbered>), BrokerError> {
+    let bad = || BrokerError::Protocol(format!("script reply: {reply:?}"));
+    let Value::Array(items) = reply else { return Err(bad()) };
+    if items.len() != messages + 2 {
+        return Err(bad());
+    }
+    let epoch: String = redis::from_redis_value(items[0].clone()).map_err(|_| bad())?;
+    let record: String = redis::from_redis_value(items[1].clone()).map_err(|_| bad())?;
+    let numbers = items[2..]
+        .iter()
+        .map(|item| match item {
+            Value::Int(offset) => Ok(Numbered { epoch: epoch.clone(), offset: *offset as u64, fresh: true }),
+            other => {
+                let before: String = redis::from_redis_value(other.clone()).map_err(|_| bad())?;
+                let (epoch, offset) = before.split_once(':').ok_or_else(bad)?;
+                Ok(Numbered { epoch: epoch.to_owned(), offset: offset.parse().map_err(|_| bad())?, fresh: false })
             }
-            let frame =
-                frame.ok_or_else(|| BrokerError::Protocol(format!("stream entry {id} has no frame")))?;
-            Ok((offset, target, frame))
         })
-        .collect()
+        .collect::<Result<Vec<Numbered>, BrokerError>>()?;
+    Ok(((!record.is_empty()).then_some(record), numbers))
+}
+
+/// XRANGE entries `[id, [field, value, …]]` of `channel`'s stream (each
+/// holding a live message in its `m` field) as `(offset, target, frame)`,
+/// in order.
+fn stream_frames(channel: &str, reply: &Value) -> Result<Vec<(u64, Option<String>, String)>, BrokerError> {
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
+        redis::from_redis_value(reply.clone()).map_err(|e| BrokerError::Protocol(format!("XRANGE: {e}")))?;
+    let mut frames = Vec::new();
+    for (id, fields) in entries {
+        let message = fields
+            .iter()
+            .find(|(name, _)| name == "m")
+            .ok_or_else(|| BrokerError::Protocol(format!("stream entry {id} has no message")))?;
+        let decoded = decode_live(channel, &message.1)
+            .ok_or_else(|| BrokerError::Protocol(format!("stream entry {id} is malformed")))?;
+        frames.extend(decoded.into_iter().map(|f| (f.offset, f.target_key.map(str::to_owned), f.frame)));
+    }
+    Ok(frames)
 }
 
 #[cfg(test)]
@@ -322,7 +512,7 @@ mod tests {
     #[test]
     fn keys_share_the_channel_hash_tag() {
         let keys = Keys::new("app1");
-        for key in [keys.meta("emp"), keys.stream("emp"), keys.live("emp"), keys.row("emp", "sqlite:42")] {
+        for key in [keys.meta("emp"), keys.stream("emp"), keys.live("emp"), keys.rows("emp")] {
             assert!(key.starts_with("app1:{emp}:"), "{key}");
         }
     }
@@ -334,23 +524,52 @@ mod tests {
         assert!(PUBLISH_LUA.contains("KEYS[1]") && PUBLISH_LUA.contains("ARGV[5]"));
     }
 
-    /// Live messages carry epoch, offset and target before the frame.
+    /// A batch becomes one script call per channel (at most
+    /// MESSAGES_PER_CALL messages each), each keeping its channel's order.
+    #[test]
+    fn a_batch_is_one_call_per_channel_in_order() {
+        let messages: Vec<Message> = ["a", "b", "a", "c", "b", "a"]
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| Message::from_payload(i.to_string(), *ch, None, "{}", 1000).unwrap())
+            .collect();
+        let batch: Vec<Publication<'_>> =
+            messages.iter().map(|m| Publication { message: m, row: None, target_key: None }).collect();
+        assert_eq!(calls_by_channel(&batch), vec![vec![0, 2, 5], vec![1, 4], vec![3]]);
+
+        let many: Vec<Message> = (0..MESSAGES_PER_CALL + 3)
+            .map(|i| Message::from_payload(i.to_string(), "a", None, "{}", 1000).unwrap())
+            .collect();
+        let batch: Vec<Publication<'_>> =
+            many.iter().map(|m| Publication { message: m, row: None, target_key: None }).collect();
+        let calls = calls_by_channel(&batch);
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), vec![MESSAGES_PER_CALL, 3]);
+        assert_eq!(calls.concat(), (0..MESSAGES_PER_CALL + 3).collect::<Vec<_>>());
+    }
+
+    /// A live message numbers its bodies on from its first offset; each
+    /// node rebuilds the frames, which are the hub's frames.
     #[test]
     fn live_messages_decode() {
-        let live = decode_live(b"0a1b2c3d:7:5:scott{\"type\":\"message\"}").unwrap();
+        let a = Message::from_payload("7", "emp", Some("scott".into()), r#"{"n":1}"#, 1000).unwrap();
+        let b = Message::from_payload("8", "emp", None, "x", 1000).unwrap();
+        let payload = format!("e1:41:{}{}", body(&a, Some("scott")), body(&b, None));
+        let live = decode_live("emp", payload.as_bytes()).unwrap();
+        assert_eq!(live.len(), 2);
+        assert_eq!((live[0].epoch, live[0].offset, live[0].target_key), ("e1", 41, Some("scott")));
+        assert_eq!((live[1].offset, live[1].target_key), (42, None));
+        let frame: serde_json::Value = serde_json::from_str(&live[1].frame).unwrap();
         assert_eq!(
-            live,
-            LiveFrame {
-                epoch: "0a1b2c3d",
-                offset: 7,
-                target_key: Some("scott"),
-                frame: "{\"type\":\"message\"}"
-            }
+            frame,
+            serde_json::json!({"type":"message","channel":"emp","epoch":"e1","offset":42,"id":"8","data":{"message":"x"}})
         );
-        let untargeted = decode_live(b"e:1:0:{}").unwrap();
-        assert_eq!((untargeted.target_key, untargeted.frame), (None, "{}"));
-        for bad in [&b"nope"[..], b"e:x:0:{}", b"e:1:9:ab", b"\xff:1:0:{}"] {
-            assert!(decode_live(bad).is_none(), "{bad:?}");
+        let tail = r#","id":"1","data":1}"#;
+        let odd = format!("e:1:0:{}:{tail}", tail.len());
+        let odd = decode_live("a\"b", odd.as_bytes()).unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&odd[0].frame).unwrap();
+        assert_eq!(frame["channel"], "a\"b");
+        for bad in [&b"nope"[..], b"e:x:0:2:{}", b"e:1:9:ab", b"\xff:1:0:2:{}", b"e:1:0:3:{}", b"e:1:", b"e:1:0:2:{}e"] {
+            assert!(decode_live("c", bad).is_none(), "{bad:?}");
         }
     }
 }

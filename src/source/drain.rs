@@ -84,6 +84,10 @@ pub enum BatchKind {
     /// The drainer stops while it still holds the lock: nothing is numbered
     /// after this and nobody else drains yet, so the state can be saved.
     Stopping,
+    /// The last batch's rows are deleted from the outbox: they can no
+    /// longer be handed over again (the broker forgets their numbers). Not
+    /// acknowledged: the drainer goes on at once.
+    Committed,
 }
 
 /// The drainer's end of the hand-over channel.
@@ -104,6 +108,12 @@ impl Handoff {
         let batch = Batch { messages, ack, kind: BatchKind::Messages };
         self.tx.blocking_send(batch).map_err(|_| PassError::HubClosed)?;
         acked.blocking_recv().map_err(|_| PassError::HubClosed)?.map_err(PassError::Broker)
+    }
+
+    /// Tells the async side that the last batch's rows left the outbox.
+    pub fn committed(&self) {
+        let (ack, _) = oneshot::channel();
+        let _ = self.tx.blocking_send(Batch { messages: Vec::new(), ack, kind: BatchKind::Committed });
     }
 
     /// Tells the async side the drainer's role changed (or that it stops
@@ -131,7 +141,18 @@ pub async fn dispatch(
     flush_wait: Duration,
     save_to: Option<std::path::PathBuf>,
 ) {
+    // The records of the last batch Redis took, until the outbox deleted its rows.
+    let mut unconfirmed: Vec<(String, String)> = Vec::new();
     while let Some(batch) = batches.recv().await {
+        if batch.kind == BatchKind::Committed {
+            let node = broker.as_ref().and_then(SharedBroker::node);
+            if let (Some(node), false) = (node, unconfirmed.is_empty()) {
+                // Awaited: the next batch's call must not find these
+                // records (it would read them for nothing).
+                node.forget(&std::mem::take(&mut unconfirmed)).await;
+            }
+            continue;
+        }
         if batch.kind != BatchKind::Messages {
             if let Some(path) = &save_to {
                 saved_state(batch.kind, &hub, path);
@@ -140,9 +161,16 @@ pub async fn dispatch(
             continue;
         }
         if let Some(broker) = &broker {
+            unconfirmed.clear();
             let result = match broker.node() {
                 Some(node) => {
-                    node.publish_batch(&batch.messages).await.map(|_| ()).map_err(|e| e.to_string())
+                    match node.publish_batch(&batch.messages).await {
+                        Ok(published) => {
+                            unconfirmed = published.records;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
                 None => Err("Redis has not been reached yet".to_string()),
             };
@@ -188,7 +216,7 @@ fn saved_state(kind: BatchKind, hub: &Hub, path: &std::path::Path) {
                 info!("another instance drains the outbox: the resumed channels start new epochs");
             }
         }
-        BatchKind::Messages => {}
+        BatchKind::Messages | BatchKind::Committed => {}
     }
 }
 
@@ -231,6 +259,9 @@ pub fn drain_pass(
         }
     }
     store.complete(&handed_ids, &dead)?;
+    if !handed_ids.is_empty() {
+        handoff.committed();
+    }
     metrics.dead_lettered.inc_by(dead.len() as u64);
     Ok(PassOutcome::Drained { delivered: handed_ids.len(), dead: dead.len(), full })
 }

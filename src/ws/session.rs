@@ -424,7 +424,7 @@ impl Session {
         channel: &str,
         since: Option<&crate::hub::Position>,
     ) -> Result<crate::hub::Subscribed, AlreadySubscribed> {
-        // Registered first, so the node's reconciler never releases the
+        // Registered first, so the node's reconcile never releases the
         // channel between the SUBSCRIBE and the registration.
         if !self.ctx.hub.start_remote_subscribe(channel, &self.subscriber) {
             return Err(AlreadySubscribed);
