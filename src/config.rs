@@ -155,7 +155,8 @@ named_enum!(SourceKind);
 pub struct SourceSettings {
     pub kind: SourceKind,
     /// Wait between passes that found less than a full batch. Default per
-    /// kind (SQLite 50 ms) when not set.
+    /// kind when not set: every source is woken on commit, so this is only
+    /// the fallback poll (SQLite 1 s, PostgreSQL 500 ms, Oracle outbox 5 s).
     pub poll_interval_ms: Option<u64>,
     /// Rows claimed per pass.
     pub batch_size: usize,
@@ -183,9 +184,10 @@ impl Default for SourceSettings {
 
 impl SourceSettings {
     pub fn poll_interval(&self) -> Duration {
-        // PostgreSQL wakes orapush with NOTIFY; its poll is only the fallback.
+        // PostgreSQL wakes orapush with NOTIFY, SQLite with a watch on its
+        // file; their polls are only the fallback.
         let default_ms = match self.kind {
-            SourceKind::Sqlite => 50,
+            SourceKind::Sqlite => 1_000,
             SourceKind::Postgres => 500,
             // The outbox trigger's DBMS_ALERT wakes orapush on commit; this
             // poll only catches what an alert could not (trigger disabled).
@@ -887,7 +889,7 @@ mod tests {
         let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");
         assert_eq!(s.server.max_message_bytes, 65536);
-        assert_eq!(s.source.poll_interval(), Duration::from_millis(50));
+        assert_eq!(s.source.poll_interval(), Duration::from_millis(1_000));
         assert_eq!(s.sqlite.path, PathBuf::from("orapush.db"));
         assert_eq!(s.hub.history_size, 1000);
         assert_eq!(s.legacy.channels, vec!["*".to_string()]);

@@ -816,7 +816,9 @@ impl Hub {
         if channel.subscribers.contains_key(&sub.conn) || channel.pending.contains_key(&sub.conn) {
             return false;
         }
-        channel.pending.insert(sub.conn, Pending { kick: sub.kick.clone(), frames: Vec::new(), reset: false });
+        channel
+            .pending
+            .insert(sub.conn, Pending { kick: sub.kick.clone(), frames: Vec::new(), reset: false });
         true
     }
 
@@ -1207,8 +1209,17 @@ mod tests {
     }
 
     fn remote(h: &Hub, epoch: &str, offset: u64) -> RemoteDelivery {
-        let frame = format!(r#"{{"type":"message","channel":"c","epoch":"{epoch}","offset":{offset},"id":"1","data":{{}}}}"#);
-        h.deliver_remote(RemoteFrame { channel: "c", epoch, offset, target_key: None, frame: &frame, data: None })
+        let frame = format!(
+            r#"{{"type":"message","channel":"c","epoch":"{epoch}","offset":{offset},"id":"1","data":{{}}}}"#
+        );
+        h.deliver_remote(RemoteFrame {
+            channel: "c",
+            epoch,
+            offset,
+            target_key: None,
+            frame: &frame,
+            data: None,
+        })
     }
 
     fn history(epoch: &str, from: u64, to: u64) -> RemoteHistory {

@@ -30,6 +30,9 @@ pub struct Inner {
     pub dead_lettered: IntCounter,
     /// Errors talking to the source database.
     pub source_errors: IntCounter,
+    /// Claims (outbox reads, or AQ dequeues) the drainer made: how busy
+    /// the database is kept while idle.
+    pub outbox_claims: IntCounter,
     /// Age of the oldest row in the last claimed batch (0 when idle).
     pub outbox_lag_seconds: Gauge,
     /// 1 while this instance holds the outbox and drains it.
@@ -107,6 +110,10 @@ impl Metrics {
                 "Rows moved to the dead-letter table",
             ),
             source_errors: counter("orapush_source_errors_total", "Errors talking to the source database"),
+            outbox_claims: counter(
+                "orapush_outbox_claims_total",
+                "Claims (outbox reads or dequeues) the drainer made",
+            ),
             outbox_lag_seconds: lag,
             source_active: gauge("orapush_source_active", "1 while this instance drains the outbox"),
             source_connected: gauge("orapush_source_connected", "1 while the source is connected"),

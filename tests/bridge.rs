@@ -492,3 +492,40 @@ async fn status_api_shows_live_figures() {
     assert!(page.contains("/api/status"), "the page reads the API");
     server.stop().await.unwrap();
 }
+
+/// The claims the drainer has made so far (`orapush_outbox_claims_total`).
+fn claims(server: &Server) -> u64 {
+    let metrics = http_body(server.addr, "/metrics").unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orapush_outbox_claims_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the claims counter is exported")
+}
+
+/// A commit wakes the drainer: with a poll of a minute, each row still
+/// arrives within the test's patience (the file watch), and neither the
+/// inserts' uncommitted writes nor the drainer's own deletes make it claim
+/// again: one claim per committed insert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_wakes_the_drainer_without_a_poll() {
+    let server = Server::start_with(|s| s.source.poll_interval_ms = Some(60_000)).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    wait_until("the first (empty) claim is made", || claims(&server) >= 1).await;
+    let before = claims(&server);
+    let rounds = 5;
+    for round in 1..=rounds {
+        insert(&server.db, &[("emp", &format!(r#"{{"n":{round}}}"#))]);
+        let frame =
+            tokio::time::timeout(PATIENCE, next_json(&mut ws)).await.expect("the commit woke orapush");
+        assert_eq!(frame["data"]["n"], round);
+    }
+    wait_until("the last batch is deleted", || outbox_count(&server.db) == 0).await;
+    let made = claims(&server) - before;
+    assert!(
+        made <= rounds + 1,
+        "{made} claims for {rounds} commits: the drainer claims on its own commits or on writes"
+    );
+    assert!(made >= rounds, "{made} claims for {rounds} commits");
+}

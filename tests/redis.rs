@@ -65,8 +65,11 @@ async fn a_redelivered_row_keeps_its_offset() {
     sink.subscribe(Keys::new("test").live("emp")).await.unwrap();
 
     let messages = [message("emp", "41", "a"), message("emp", "42", "b")];
-    let first =
-        broker.publish(&publications(&messages, &[Some("sqlite:41"), Some("sqlite:42")])).await.unwrap().numbers;
+    let first = broker
+        .publish(&publications(&messages, &[Some("sqlite:41"), Some("sqlite:42")]))
+        .await
+        .unwrap()
+        .numbers;
     let again = [message("emp", "42", "b"), message("emp", "43", "c")];
     let second =
         broker.publish(&publications(&again, &[Some("sqlite:42"), Some("sqlite:43")])).await.unwrap().numbers;
@@ -169,10 +172,13 @@ async fn rows_are_remembered_until_forgotten() {
         .publish(&publications(&c, &c_rows.iter().map(|r| Some(r.as_str())).collect::<Vec<_>>()))
         .await
         .unwrap();
-    assert_eq!(third.numbers, vec![
-        Numbered { fresh: false, ..first.numbers[0].clone() },
-        Numbered { fresh: false, ..first.numbers[2].clone() },
-    ]);
+    assert_eq!(
+        third.numbers,
+        vec![
+            Numbered { fresh: false, ..first.numbers[0].clone() },
+            Numbered { fresh: false, ..first.numbers[2].clone() },
+        ]
+    );
     broker.forget(&third.records).await.unwrap();
     let left: u64 = redis::cmd("HLEN").arg(&rows_key).query_async(&mut admin).await.unwrap();
     assert_eq!(left, 0, "every row is committed: nothing is remembered");
@@ -183,8 +189,10 @@ async fn rows_are_remembered_until_forgotten() {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let m = batch(&ids);
         let r = row_names(&ids);
-        let published =
-            broker.publish(&publications(&m, &r.iter().map(|r| Some(r.as_str())).collect::<Vec<_>>())).await.unwrap();
+        let published = broker
+            .publish(&publications(&m, &r.iter().map(|r| Some(r.as_str())).collect::<Vec<_>>()))
+            .await
+            .unwrap();
         assert!(published.numbers.iter().all(|n| n.fresh));
         broker.forget(&published.records).await.unwrap();
         let left: u64 = redis::cmd("HLEN").arg(&rows_key).query_async(&mut admin).await.unwrap();

@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::redis::{decode_live, BrokerError, History, Keys, LiveFrame, Numbered, Publication, Published, RedisBroker};
+use super::redis::{
+    decode_live, BrokerError, History, Keys, LiveFrame, Numbered, Publication, Published, RedisBroker,
+};
 use crate::config::{RedisSettings, SourceKind, UserCase};
 use crate::hub::{Hub, Position, RemoteDelivery, RemoteFrame, RemoteHistory};
 use crate::message::Message;
@@ -310,7 +312,8 @@ impl RedisNode {
     /// After a reconnect: every listened channel catches up from its stream.
     async fn catch_up_all(&self) {
         for channel in self.inner.hub.subscribed_channels() {
-            let position = self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            let position =
+                self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
             self.catch_up(&channel, position.as_ref()).await;
         }
     }
@@ -320,7 +323,8 @@ impl RedisNode {
         let behind: Vec<String> = self.behind().drain().collect();
         let listened: HashSet<String> = self.inner.hub.subscribed_channels().into_iter().collect();
         for channel in behind.into_iter().filter(|c| listened.contains(c)) {
-            let position = self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            let position =
+                self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
             self.catch_up(&channel, position.as_ref()).await;
         }
     }

@@ -382,7 +382,11 @@ impl RedisBroker {
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn).await?;
         if replies.len() != calls.len() {
-            return Err(BrokerError::Protocol(format!("{} replies to {} script calls", replies.len(), calls.len())));
+            return Err(BrokerError::Protocol(format!(
+                "{} replies to {} script calls",
+                replies.len(),
+                calls.len()
+            )));
         }
         let mut numbered: Vec<Option<Numbered>> = vec![None; batch.len()];
         let mut records = Vec::new();
@@ -433,7 +437,8 @@ impl RedisBroker {
         if !same_epoch || since.offset > offset {
             return Ok(History { epoch, offset, recovered: false, frames: Vec::new() });
         }
-        let frames: Vec<_> = stream_frames(channel, &replies[1])?.into_iter().filter(|(o, _, _)| *o > since.offset).collect();
+        let frames: Vec<_> =
+            stream_frames(channel, &replies[1])?.into_iter().filter(|(o, _, _)| *o > since.offset).collect();
         // Recovered only when the stream still starts right after `since`.
         let complete =
             since.offset == offset || frames.first().is_some_and(|(o, _, _)| *o == since.offset + 1);
@@ -478,18 +483,25 @@ fn call_numbers(reply: &Value, messages: usize) -> Result<(Option<String>, Vec<N
             other => {
                 let before: String = redis::from_redis_value(other.clone()).map_err(|_| bad())?;
                 let (epoch, offset) = before.split_once(':').ok_or_else(bad)?;
-                Ok(Numbered { epoch: epoch.to_owned(), offset: offset.parse().map_err(|_| bad())?, fresh: false })
+                Ok(Numbered {
+                    epoch: epoch.to_owned(),
+                    offset: offset.parse().map_err(|_| bad())?,
+                    fresh: false,
+                })
             }
         })
         .collect::<Result<Vec<Numbered>, BrokerError>>()?;
     Ok(((!record.is_empty()).then_some(record), numbers))
 }
 
+/// One field of a stream entry: its name and value.
+type StreamField = (String, Vec<u8>);
+
 /// XRANGE entries `[id, [field, value, …]]` of `channel`'s stream (each
 /// holding a live message in its `m` field) as `(offset, target, frame)`,
 /// in order.
 fn stream_frames(channel: &str, reply: &Value) -> Result<Vec<(u64, Option<String>, String)>, BrokerError> {
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
+    let entries: Vec<(String, Vec<StreamField>)> =
         redis::from_redis_value(reply.clone()).map_err(|e| BrokerError::Protocol(format!("XRANGE: {e}")))?;
     let mut frames = Vec::new();
     for (id, fields) in entries {
@@ -568,7 +580,15 @@ mod tests {
         let odd = decode_live("a\"b", odd.as_bytes()).unwrap();
         let frame: serde_json::Value = serde_json::from_str(&odd[0].frame).unwrap();
         assert_eq!(frame["channel"], "a\"b");
-        for bad in [&b"nope"[..], b"e:x:0:2:{}", b"e:1:9:ab", b"\xff:1:0:2:{}", b"e:1:0:3:{}", b"e:1:", b"e:1:0:2:{}e"] {
+        for bad in [
+            &b"nope"[..],
+            b"e:x:0:2:{}",
+            b"e:1:9:ab",
+            b"\xff:1:0:2:{}",
+            b"e:1:0:3:{}",
+            b"e:1:",
+            b"e:1:0:2:{}e",
+        ] {
             assert!(decode_live("c", bad).is_none(), "{bad:?}");
         }
     }

@@ -163,15 +163,13 @@ pub async fn dispatch(
         if let Some(broker) = &broker {
             unconfirmed.clear();
             let result = match broker.node() {
-                Some(node) => {
-                    match node.publish_batch(&batch.messages).await {
-                        Ok(published) => {
-                            unconfirmed = published.records;
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
+                Some(node) => match node.publish_batch(&batch.messages).await {
+                    Ok(published) => {
+                        unconfirmed = published.records;
+                        Ok(())
                     }
-                }
+                    Err(e) => Err(e.to_string()),
+                },
                 None => Err("Redis has not been reached yet".to_string()),
             };
             if result.is_ok() {
@@ -227,6 +225,7 @@ pub fn drain_pass(
     config: &DrainConfig,
     metrics: &Metrics,
 ) -> Result<PassOutcome, PassError> {
+    metrics.outbox_claims.inc();
     let rows = store.claim(config.batch_size)?;
     if rows.is_empty() {
         metrics.outbox_lag_seconds.set(0.0);

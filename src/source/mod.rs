@@ -140,28 +140,79 @@ impl SourceError {
     }
 }
 
-/// A stop flag that a blocking thread can also sleep on.
+/// A stop flag that a blocking thread can also sleep on, and the drainer's
+/// doorbell: a store whose database can tell it about commits from outside
+/// (SQLite's file watch) rings it from another thread, and
+/// [`Stopper::sleep_until_rung`] returns at once.
 #[derive(Clone, Default)]
-pub struct Stopper(Arc<(Mutex<bool>, Condvar)>);
+pub struct Stopper(Arc<(Mutex<Bell>, Condvar)>);
+
+#[derive(Default)]
+struct Bell {
+    stopped: bool,
+    /// Times rung so far; a sleeper compares it with what it saw before.
+    rung: u64,
+}
+
+/// Why [`Stopper::sleep_until_rung`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    Stopped,
+    Rung,
+    TimedOut,
+}
 
 impl Stopper {
+    fn bell(&self) -> std::sync::MutexGuard<'_, Bell> {
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn stop(&self) {
-        let (flag, cv) = &*self.0;
-        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
+        self.bell().stopped = true;
+        self.0 .1.notify_all();
     }
 
     pub fn is_stopped(&self) -> bool {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+        self.bell().stopped
     }
 
     /// Sleeps for `timeout` or until stopped; true when stopped.
     pub fn sleep(&self, timeout: Duration) -> bool {
-        let (flag, cv) = &*self.0;
-        let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.bell();
         let (guard, _) =
-            cv.wait_timeout_while(guard, timeout, |stopped| !*stopped).unwrap_or_else(|p| p.into_inner());
-        *guard
+            self.0 .1.wait_timeout_while(guard, timeout, |b| !b.stopped).unwrap_or_else(|p| p.into_inner());
+        guard.stopped
+    }
+
+    /// Rings the bell (from any thread).
+    pub fn ring(&self) {
+        self.bell().rung += 1;
+        self.0 .1.notify_all();
+    }
+
+    /// How often the bell has rung so far (pass it to
+    /// [`Stopper::sleep_until_rung`]: a ring after this reading is not missed).
+    pub fn rings(&self) -> u64 {
+        self.bell().rung
+    }
+
+    /// Sleeps until the bell rings after `seen` rings, `timeout` passes, or
+    /// the drainer is stopped.
+    pub fn sleep_until_rung(&self, seen: u64, timeout: Duration) -> Woken {
+        let guard = self.bell();
+        let (guard, result) = self
+            .0
+             .1
+            .wait_timeout_while(guard, timeout, |b| !b.stopped && b.rung == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        if guard.stopped {
+            Woken::Stopped
+        } else if guard.rung != seen {
+            Woken::Rung
+        } else {
+            debug_assert!(result.timed_out());
+            Woken::TimedOut
+        }
     }
 }
 
@@ -280,5 +331,34 @@ pub fn open_publisher(settings: &Settings) -> Result<Box<dyn Publisher>, SourceE
             Ok(Box::new(oracle::outbox::OracleOutbox::connect_publisher(&settings.oracle)?))
         }
         SourceKind::OracleAq => Ok(Box::new(oracle::aq::OracleAq::connect_publisher(&settings.oracle)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bell wakes a sleeper rung after its reading, not before; a stop
+    /// wakes it too; otherwise it sleeps its time out.
+    #[test]
+    fn the_bell_wakes_the_drainer() {
+        let stopper = Stopper::default();
+        let seen = stopper.rings();
+        stopper.ring();
+        assert_eq!(stopper.sleep_until_rung(seen, Duration::from_secs(30)), Woken::Rung);
+        let seen = stopper.rings();
+        assert_eq!(stopper.sleep_until_rung(seen, Duration::from_millis(1)), Woken::TimedOut);
+
+        let ringer = stopper.clone();
+        let thread = std::thread::spawn(move || ringer.ring());
+        assert_eq!(stopper.sleep_until_rung(seen, Duration::from_secs(30)), Woken::Rung);
+        thread.join().unwrap();
+
+        let seen = stopper.rings();
+        let stopping = stopper.clone();
+        let thread = std::thread::spawn(move || stopping.stop());
+        assert_eq!(stopper.sleep_until_rung(seen, Duration::from_secs(30)), Woken::Stopped);
+        thread.join().unwrap();
+        assert!(stopper.sleep(Duration::from_secs(30)), "a stopped drainer never sleeps");
     }
 }

@@ -12,18 +12,29 @@
 //! runs (released by the kernel if the process dies); a second orapush on
 //! the same file stands by and takes over when the first stops.
 //!
+//! **Waking on commit.** The drainer does not poll a busy loop: it watches
+//! the database's directory (inotify, through the `notify` crate) for
+//! writes to the database or its WAL file, and on each asks SQLite whether
+//! another connection committed (`PRAGMA data_version` changes only then,
+//! so the drainer's own deletes never wake it). A commit by `sqlite3`,
+//! `orapush publish` or an application is claimed at once; a slow poll
+//! (`source.poll_interval_ms`, 1 s by default) catches anything a
+//! filesystem without change events (NFS) cannot report.
+//!
 //! SQLite types are dynamic, so a DBA can put a number or a BLOB in
 //! `payload`; rows are read with text conversion (lossy for invalid UTF-8)
 //! so that no row can make the claim query fail and block the outbox.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tracing::{debug, warn};
 
 use super::{
-    DeadLetter, DeadLetterInfo, OutboxStore, Publisher, SourceError, StoreStats, DEAD_LETTERS_SHOWN,
+    DeadLetter, DeadLetterInfo, OutboxStore, Publisher, SourceError, Stopper, StoreStats, Woken,
+    DEAD_LETTERS_SHOWN,
 };
 use crate::config::SqliteSettings;
 use crate::message::{validate_channel, OutboxRow};
@@ -38,10 +49,69 @@ const DEAD_LETTER_SQL: &str = "INSERT OR REPLACE INTO orapush_dead_letter \
      (id, channel, payload, target_user, created_at, reason) \
      SELECT id, channel, CAST(payload AS TEXT), target_user, created_at, ?2 FROM orapush_outbox WHERE id = ?1";
 
+/// How long after a file event the drainer keeps checking whether a commit
+/// became visible (see `wait_for_work`); a commit is published in the WAL
+/// index microseconds after its WAL write.
+const COMMIT_SETTLE: Duration = Duration::from_millis(50);
+
 pub struct SqliteOutbox {
     conn: Connection,
+    path: PathBuf,
     /// Held while this process drains the file (see the module doc).
     _drain_lock: Option<std::fs::File>,
+    /// The drainer's watch on the file (started by the first wait).
+    watch: Option<CommitWatch>,
+    /// `PRAGMA data_version` when the drainer last looked.
+    data_version: i64,
+}
+
+/// The file watch that rings the drainer's bell when the database or its
+/// WAL is written (see the module doc). Dropping it stops the watch.
+struct CommitWatch {
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl CommitWatch {
+    /// Watches `path`'s directory for writes to `path` and `path-wal`. When
+    /// the platform cannot watch, the slow poll alone remains (logged once).
+    fn start(path: &Path, bell: Stopper) -> Self {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let absolute = match std::path::absolute(path) {
+            Ok(p) => p,
+            Err(_) => path.to_path_buf(),
+        };
+        let dir = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let Some(name) = absolute.file_name().map(|n| n.to_os_string()) else {
+            return Self { _watcher: None };
+        };
+        let mut wal_name = name.clone();
+        wal_name.push("-wal");
+        let watched = move |p: &Path| p.file_name().is_some_and(|f| f == name || f == wal_name);
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                let write = matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_));
+                if write && event.paths.iter().any(|p| watched(p)) {
+                    bell.ring();
+                }
+            }
+        };
+        let started = notify::recommended_watcher(handler)
+            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+        match started {
+            Ok(watcher) => {
+                debug!(dir = %dir.display(), "watching the SQLite outbox for commits");
+                Self { _watcher: Some(watcher) }
+            }
+            Err(e) => {
+                warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch the SQLite outbox for commits; new rows are found by the poll alone (source.poll_interval_ms)"
+                );
+                Self { _watcher: None }
+            }
+        }
+    }
 }
 
 /// The lock file beside the outbox that the one drainer holds.
@@ -103,7 +173,8 @@ impl SqliteOutbox {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(context)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(context)?;
         conn.execute_batch(SCHEMA).map_err(context)?;
-        Ok(Self { conn, _drain_lock: None })
+        let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(context)?;
+        Ok(Self { conn, path: path.to_path_buf(), _drain_lock: None, watch: None, data_version })
     }
 
     fn error(context: &str, e: rusqlite::Error) -> SourceError {
@@ -183,6 +254,52 @@ impl OutboxStore for SqliteOutbox {
     fn abort(&mut self) {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Returns as soon as another connection committed (the file watch
+    /// rings, `PRAGMA data_version` confirms), or after `timeout` (the slow
+    /// poll), or when stopped. A ring for the drainer's own commit is
+    /// checked and slept through.
+    ///
+    /// A writer appends its commit to the WAL file (the watch sees that) and
+    /// only then publishes it in the WAL index, a shared memory map that no
+    /// file event reports. So a ring whose commit is not visible yet is
+    /// checked again a few times over [`COMMIT_SETTLE`] before the drainer
+    /// goes back to sleep.
+    fn wait_for_work(&mut self, timeout: Duration, stop: &Stopper) -> Result<(), SourceError> {
+        if self.watch.is_none() {
+            self.watch = Some(CommitWatch::start(&self.path, stop.clone()));
+        }
+        let deadline = Instant::now() + timeout;
+        // While a ring is being settled: when it rang and the next recheck.
+        let mut settling: Option<(Instant, Duration)> = None;
+        loop {
+            // Read the bell before the version: a commit after the version
+            // was read rings after this reading, so it is never slept through.
+            let rings = stop.rings();
+            let version: i64 = self
+                .conn
+                .query_row("PRAGMA data_version", [], |r| r.get(0))
+                .map_err(|e| Self::error("data_version", e))?;
+            if version != self.data_version {
+                self.data_version = version;
+                return Ok(());
+            }
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some((rang, recheck)) = settling {
+                if rang.elapsed() < COMMIT_SETTLE {
+                    left = left.min(recheck);
+                    settling = Some((rang, recheck * 2));
+                } else {
+                    settling = None;
+                }
+            }
+            match stop.sleep_until_rung(rings, left) {
+                Woken::Rung => settling = Some((Instant::now(), Duration::from_micros(100))),
+                Woken::TimedOut if Instant::now() < deadline => {}
+                Woken::Stopped | Woken::TimedOut => return Ok(()),
+            }
         }
     }
 
