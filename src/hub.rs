@@ -772,6 +772,9 @@ impl Hub {
         )
         .into();
         channel.subscribers.retain(|_, sub| {
+            // The subscriber starts over from the notice's position: frames
+            // of the new numbering after it are all new to it.
+            sub.floor = last_offset;
             let kept = deliver(sub, &notice, None, metrics);
             if !kept {
                 metrics.subscriptions.dec();
@@ -1271,6 +1274,33 @@ mod tests {
         let s = h.finish_remote_subscribe("c", b, Some(history("e2", 1, 2)));
         assert!(!s.recovered);
         assert_eq!((s.epoch.as_str(), s.offset), ("e1", 51));
+    }
+
+    /// A subscriber told its channel restarted (a new epoch, or a jump the
+    /// stream could not fill) gets every frame of the new numbering after
+    /// the notice, however far it had read in the old one.
+    #[test]
+    fn a_reset_subscriber_receives_the_new_numbering() {
+        let h = hub(10);
+        for o in 1..=5 {
+            remote(&h, "e1", o);
+        }
+        let (a, mut rx) = subscriber(1, 64, None);
+        assert!(h.start_remote_subscribe("c", &a));
+        let s = h.finish_remote_subscribe("c", a, Some(history("e1", 5, 5)));
+        assert_eq!(s.offset, 5);
+        h.reset_remote("c", "e2", 0);
+        for o in 1..=2 {
+            assert!(matches!(remote(&h, "e2", o), RemoteDelivery::Delivered(1)));
+        }
+        let mut frames = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            frames.push(serde_json::from_str::<serde_json::Value>(&out.frame).unwrap());
+        }
+        assert_eq!(frames[0]["type"], "subscribed");
+        assert_eq!(frames[0]["recovered"], false);
+        let offsets: Vec<u64> = frames[1..].iter().map(|f| f["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, vec![1, 2]);
     }
 
     /// Subscribing twice to one channel is refused.

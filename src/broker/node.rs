@@ -138,10 +138,16 @@ impl RedisNode {
     }
 
     /// Forgets a published batch's rows once the outbox deleted them (see
-    /// [`RedisBroker::forget`]); a failure only leaves them to expire.
-    pub async fn forget(&self, records: &[(String, String)]) {
-        if let Err(e) = self.inner.broker.clone().forget(records).await {
-            debug!(error = %e, "could not forget a delivered batch's rows; they expire instead");
+    /// [`RedisBroker::forget`]). False when Redis could not be told: the
+    /// caller tries again with the next batch (and a record nobody forgets
+    /// is dropped by the script a day after it was written).
+    pub async fn forget(&self, records: &[(String, String)]) -> bool {
+        match self.inner.broker.clone().forget(records).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "could not forget a delivered batch's rows; trying again with the next batch");
+                false
+            }
         }
     }
 
@@ -286,12 +292,11 @@ impl RedisNode {
             return;
         }
         if !history.recovered {
-            if let Some(epoch) = &history.epoch {
-                warn!(
-                    channel,
-                    "missed messages are no longer in the stream; the channel's subscribers reload"
-                );
-                self.inner.hub.reset_remote(channel, epoch, history.offset);
+            warn!(channel, "missed messages are no longer in Redis; the channel's subscribers reload");
+            match &history.epoch {
+                Some(epoch) => self.inner.hub.reset_remote(channel, epoch, history.offset),
+                // Redis lost the channel's numbering: the next frame sets it.
+                None => self.inner.hub.reset_remote(channel, "", 0),
             }
             return;
         }
@@ -442,7 +447,11 @@ async fn listen(
                 request = requests.recv() => match request {
                     Some(Control::Want(channel, ack)) => {
                         let done = wanted.contains(&channel) || sink.subscribe(node.inner.keys.live(&channel)).await.is_ok();
-                        wanted.insert(channel);
+                        // Only a SUBSCRIBE that took effect is remembered:
+                        // the next subscriber asks Redis again.
+                        if done {
+                            wanted.insert(channel);
+                        }
                         let _ = ack.send(done);
                     }
                     Some(Control::Reconcile) => {

@@ -29,9 +29,12 @@
 //! (`{"type":"message","channel":…,"epoch":…,"offset":…` + tail) with
 //! [`decode_live`]. So Redis does no per-message string work.
 //!
-//! **A record** is `<epoch>:<first offset>` and one line per message of the
-//! call: a plain line (the row, or empty for a message with none) takes
-//! the next offset; `<row>=<epoch>:<offset>` is a row numbered before.
+//! **A record** is a header `<epoch>:<first offset>:<unix time written>`
+//! and one line per message of the call: a plain line (the row, or empty
+//! for a message with none) takes the next offset; `<row>=<epoch>:<offset>`
+//! is a row numbered before. A record older than [`ROW_KEY_TTL_S`] is
+//! dropped when a call reads it (its rows were deleted and the forget was
+//! lost in a crash).
 
 use std::time::Duration;
 
@@ -74,6 +77,7 @@ local count = tonumber(ARGV[6])
 
 -- Rows numbered before: only records a crashed drainer left behind (the
 -- records of committed batches are deleted), so this is usually empty.
+local now = tonumber(redis.call('TIME')[1])
 local known, holder, records = {}, {}, {}
 local stored = redis.call('HGETALL', KEYS[3])
 for j = 1, #stored, 2 do
@@ -84,9 +88,19 @@ for j = 1, #stored, 2 do
   local record_epoch
   for line in string.gmatch(record .. '\n', '([^\n]*)\n') do
     if not next_offset then
+      -- The header: epoch, first offset, when it was written.
       local sep = string.find(line, ':', 1, true)
+      local sep2 = string.find(line, ':', sep + 1, true) or (#line + 1)
       record_epoch = string.sub(line, 1, sep - 1)
-      next_offset = tonumber(string.sub(line, sep + 1))
+      next_offset = tonumber(string.sub(line, sep + 1, sep2 - 1))
+      local written = tonumber(string.sub(line, sep2 + 1)) or now
+      if now - written > tonumber(ARGV[5]) then
+        -- Older than any redelivery: its rows were deleted and nobody
+        -- could say so (a crash right after the commit).
+        redis.call('HDEL', KEYS[3], id)
+        records[id] = nil
+        break
+      end
     else
       local eq = string.find(line, '=', 1, true)
       local row, number
@@ -107,7 +121,7 @@ end
 
 local replies = {epoch, ''}
 local bodies = {}
-local lines = {epoch .. ':' .. (first + 1)}
+local lines = {epoch .. ':' .. (first + 1) .. ':' .. now}
 local has_rows = false
 local touched = {}
 for i = 1, count do
@@ -129,7 +143,7 @@ end
 
 -- Rows moved to this call's record leave the records they were in.
 for id in pairs(touched) do
-  local left = {'-:0'}
+  local left = {'-:0:' .. now}
   for row, number in pairs(records[id]) do
     left[#left + 1] = row .. '=' .. number
   end
@@ -434,7 +448,11 @@ impl RedisBroker {
             return Ok(History { epoch, offset, recovered: false, frames: Vec::new() });
         };
         let same_epoch = epoch.as_deref() == Some(since.epoch.as_str());
-        if !same_epoch || since.offset > offset {
+        // The stream keeps whole calls, so it may reach further back than
+        // `hub.history_size`; recovery goes back exactly that far, as in
+        // the memory hub.
+        let within_history = offset - since.offset.min(offset) <= self.history_size as u64;
+        if !same_epoch || since.offset > offset || !within_history {
             return Ok(History { epoch, offset, recovered: false, frames: Vec::new() });
         }
         let frames: Vec<_> =

@@ -143,13 +143,19 @@ pub async fn dispatch(
 ) {
     // The records of the last batch Redis took, until the outbox deleted its rows.
     let mut unconfirmed: Vec<(String, String)> = Vec::new();
+    // Records of deleted rows that a forget could not remove (Redis was
+    // out of reach): retried after the next commit.
+    let mut unforgotten: Vec<(String, String)> = Vec::new();
     while let Some(batch) = batches.recv().await {
         if batch.kind == BatchKind::Committed {
             let node = broker.as_ref().and_then(SharedBroker::node);
             if let (Some(node), false) = (node, unconfirmed.is_empty()) {
                 // Awaited: the next batch's call must not find these
                 // records (it would read them for nothing).
-                node.forget(&std::mem::take(&mut unconfirmed)).await;
+                let records = std::mem::take(&mut unconfirmed);
+                if !node.forget(&records).await {
+                    unforgotten.extend(records);
+                }
             }
             continue;
         }
@@ -161,17 +167,24 @@ pub async fn dispatch(
             continue;
         }
         if let Some(broker) = &broker {
-            unconfirmed.clear();
+            // What Redis could not be told last time is retried with this
+            // batch's records (deleted rows; their records only cost reads).
+            // (A batch published but never committed keeps its records:
+            // its rows are still in the outbox and may come again.)
+            unconfirmed = std::mem::take(&mut unforgotten);
             let result = match broker.node() {
                 Some(node) => match node.publish_batch(&batch.messages).await {
                     Ok(published) => {
-                        unconfirmed = published.records;
+                        unconfirmed.extend(published.records);
                         Ok(())
                     }
                     Err(e) => Err(e.to_string()),
                 },
                 None => Err("Redis has not been reached yet".to_string()),
             };
+            if result.is_err() {
+                unforgotten = std::mem::take(&mut unconfirmed);
+            }
             if result.is_ok() {
                 metrics.messages_drained.inc_by(batch.messages.len() as u64);
             }

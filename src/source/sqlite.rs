@@ -63,6 +63,9 @@ pub struct SqliteOutbox {
     watch: Option<CommitWatch>,
     /// `PRAGMA data_version` when the drainer last looked.
     data_version: i64,
+    /// The bell's rings when the drainer last looked: a ring during a pass
+    /// (a commit perhaps not visible yet) is settled at the next wait.
+    rings_seen: u64,
 }
 
 /// The file watch that rings the drainer's bell when the database or its
@@ -76,10 +79,10 @@ impl CommitWatch {
     /// the platform cannot watch, the slow poll alone remains (logged once).
     fn start(path: &Path, bell: Stopper) -> Self {
         use notify::{EventKind, RecursiveMode, Watcher};
-        let absolute = match std::path::absolute(path) {
-            Ok(p) => p,
-            Err(_) => path.to_path_buf(),
-        };
+        // The real file: SQLite writes its WAL beside it, not beside a link.
+        let absolute = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf());
         let dir = absolute.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let Some(name) = absolute.file_name().map(|n| n.to_os_string()) else {
             return Self { _watcher: None };
@@ -174,7 +177,14 @@ impl SqliteOutbox {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(context)?;
         conn.execute_batch(SCHEMA).map_err(context)?;
         let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(context)?;
-        Ok(Self { conn, path: path.to_path_buf(), _drain_lock: None, watch: None, data_version })
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+            _drain_lock: None,
+            watch: None,
+            data_version,
+            rings_seen: 0,
+        })
     }
 
     fn error(context: &str, e: rusqlite::Error) -> SourceError {
@@ -273,11 +283,14 @@ impl OutboxStore for SqliteOutbox {
         }
         let deadline = Instant::now() + timeout;
         // While a ring is being settled: when it rang and the next recheck.
-        let mut settling: Option<(Instant, Duration)> = None;
+        // A ring since the last wait (during the pass) is settled too.
+        let mut settling: Option<(Instant, Duration)> =
+            (stop.rings() != self.rings_seen).then(|| (Instant::now(), Duration::from_micros(100)));
         loop {
             // Read the bell before the version: a commit after the version
             // was read rings after this reading, so it is never slept through.
             let rings = stop.rings();
+            self.rings_seen = rings;
             let version: i64 = self
                 .conn
                 .query_row("PRAGMA data_version", [], |r| r.get(0))
