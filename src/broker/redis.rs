@@ -60,10 +60,13 @@ pub const ROW_KEY_TTL_S: u64 = 24 * 3600;
 const PUBLISH_LUA: &str = r#"
 -- KEYS: 1 meta, 2 stream, 3 rows
 -- ARGV: 1 live channel, 2 epoch if new, 3 history size, 4 ttl seconds,
---       5 rows ttl, 6 message count, then two per message: the source row
---       ('' for none) and the body ('<t>:<target><n>:<tail>')
--- Returns {epoch, record id ('' for none), n1, n2, ...}: each message's
--- offset under that epoch, or 'epoch:offset' for a row numbered before.
+--       5 rows ttl, 6 message count n, 7 the n bodies one after the other
+--       (each '<t>:<target><n>:<tail>'), 8 the n source rows, one per line
+--       ('' when the messages have none)
+-- Returns {epoch, record id ('' for none), -first}: every message is new,
+-- numbered on from first (the usual case); or {epoch, record id, n1, n2,
+-- ...}: each message's offset under that epoch, or 'epoch:offset' for a
+-- row numbered before.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   -- A new numbering: whatever stream is left belongs to the old one.
@@ -74,6 +77,7 @@ end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local first = offset
 local count = tonumber(ARGV[6])
+local has_rows = ARGV[8] ~= ''
 
 -- Rows numbered before: only records a crashed drainer left behind (the
 -- records of committed batches are deleted), so this is usually empty.
@@ -119,43 +123,67 @@ for j = 1, #stored, 2 do
   end
 end
 
-local replies = {epoch, ''}
-local bodies = {}
-local lines = {epoch .. ':' .. (first + 1) .. ':' .. now}
-local has_rows = false
-local touched = {}
-for i = 1, count do
-  local row = ARGV[5 + i * 2]
-  local before = row ~= '' and known[row]
-  if before then
-    replies[i + 2] = before
-    lines[#lines + 1] = row .. '=' .. before
-    records[holder[row]][row] = nil
-    touched[holder[row]] = true
-  else
-    offset = offset + 1
-    bodies[#bodies + 1] = ARGV[6 + i * 2]
-    lines[#lines + 1] = row
-    replies[i + 2] = offset
+local replies, bodies, lines
+if next(known) == nil then
+  -- The usual case: no row was numbered before, every message is new, and
+  -- the bodies and rows go on as orapush joined them: no per-message Lua.
+  offset = first + count
+  bodies = ARGV[7]
+  lines = ARGV[8]
+  replies = {epoch, '', -(first + 1)}
+else
+  -- Split the bodies (self-delimiting) and the rows (one per line).
+  local body, row_of = {}, {}
+  local pos = 1
+  for i = 1, count do
+    local c1 = string.find(ARGV[7], ':', pos, true)
+    local target_end = c1 + tonumber(string.sub(ARGV[7], pos, c1 - 1))
+    local c2 = string.find(ARGV[7], ':', target_end + 1, true)
+    local body_end = c2 + tonumber(string.sub(ARGV[7], target_end + 1, c2 - 1))
+    body[i] = string.sub(ARGV[7], pos, body_end)
+    pos = body_end + 1
   end
-  has_rows = has_rows or row ~= ''
-end
-
--- Rows moved to this call's record leave the records they were in.
-for id in pairs(touched) do
-  local left = {'-:0:' .. now}
-  for row, number in pairs(records[id]) do
-    left[#left + 1] = row .. '=' .. number
+  if has_rows then
+    for row in string.gmatch(ARGV[8] .. '\n', '([^\n]*)\n') do
+      row_of[#row_of + 1] = row
+    end
   end
-  if #left == 1 then
-    redis.call('HDEL', KEYS[3], id)
-  else
-    redis.call('HSET', KEYS[3], id, table.concat(left, '\n'))
+  replies = {epoch, ''}
+  local fresh, line = {}, {}
+  local touched = {}
+  for i = 1, count do
+    local row = row_of[i] or ''
+    local before = row ~= '' and known[row]
+    if before then
+      replies[i + 2] = before
+      line[i] = row .. '=' .. before
+      records[holder[row]][row] = nil
+      touched[holder[row]] = true
+    else
+      offset = offset + 1
+      fresh[#fresh + 1] = body[i]
+      line[i] = row
+      replies[i + 2] = offset
+    end
+  end
+  bodies = table.concat(fresh)
+  lines = table.concat(line, '\n')
+  -- Rows moved to this call's record leave the records they were in.
+  for id in pairs(touched) do
+    local left = {'-:0:' .. now}
+    for row, number in pairs(records[id]) do
+      left[#left + 1] = row .. '=' .. number
+    end
+    if #left == 1 then
+      redis.call('HDEL', KEYS[3], id)
+    else
+      redis.call('HSET', KEYS[3], id, table.concat(left, '\n'))
+    end
   end
 end
 
 if offset ~= first then
-  local message = epoch .. ':' .. (first + 1) .. ':' .. table.concat(bodies)
+  local message = epoch .. ':' .. (first + 1) .. ':' .. bodies
   redis.call('HSET', KEYS[1], 'offset', offset)
   -- One entry for the call, named by its last offset; the trim keeps every
   -- entry that holds one of the last ARGV[3] offsets.
@@ -169,7 +197,7 @@ if offset ~= first then
 end
 if has_rows then
   local id = epoch .. ':' .. redis.call('HINCRBY', KEYS[1], 'records', 1)
-  redis.call('HSET', KEYS[3], id, table.concat(lines, '\n'))
+  redis.call('HSET', KEYS[3], id, epoch .. ':' .. (first + 1) .. ':' .. now .. '\n' .. lines)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
   replies[2] = id
 end
@@ -266,12 +294,22 @@ pub fn frame_head(channel: &str) -> String {
     format!(r#"{{"type":"message","channel":{channel_json},"epoch":""#)
 }
 
-/// A message's body in a live message: `<t>:<target><n>:<tail>`.
-fn body(message: &Message, target_key: Option<&str>) -> String {
+/// Appends a message's body in a live message: `<t>:<target><n>:<tail>`.
+fn push_body(out: &mut String, message: &Message, target_key: Option<&str>) {
+    use std::fmt::Write;
     let id_json = serde_json::to_string(&message.id).expect("strings serialise");
-    let tail = format!(r#","id":{id_json},"data":{}}}"#, RawValue::get(&message.data));
+    let data = RawValue::get(&message.data);
     let target = target_key.unwrap_or("");
-    format!("{}:{target}{}:{tail}", target.len(), tail.len())
+    // The tail: `,"id":<id>,"data":<data>}`.
+    let tail_len = r#","id":"#.len() + id_json.len() + r#","data":"#.len() + data.len() + 1;
+    let _ = write!(out, "{}:{target}{tail_len}:,\"id\":{id_json},\"data\":{data}}}", target.len());
+}
+
+#[cfg(test)]
+fn body(message: &Message, target_key: Option<&str>) -> String {
+    let mut out = String::new();
+    push_body(&mut out, message, target_key);
+    out
 }
 
 /// Reads a live message of `channel` (see the module doc): its frames in
@@ -388,10 +426,17 @@ impl RedisBroker {
                 .arg(self.history_ttl.as_secs().max(1))
                 .arg(ROW_KEY_TTL_S)
                 .arg(call.len());
+            let mut bodies = String::new();
             for &i in call {
                 let p = &batch[i];
-                cmd.arg(p.row.as_deref().unwrap_or("")).arg(body(p.message, p.target_key.as_deref()));
+                push_body(&mut bodies, p.message, p.target_key.as_deref());
             }
+            let rows = if call.iter().any(|&i| batch[i].row.is_some()) {
+                call.iter().map(|&i| batch[i].row.as_deref().unwrap_or("")).collect::<Vec<_>>().join("\n")
+            } else {
+                String::new()
+            };
+            cmd.arg(bodies).arg(rows);
             pipe.add_command(cmd);
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn).await?;
@@ -484,20 +529,32 @@ fn calls_by_channel(batch: &[Publication<'_>]) -> Vec<Vec<usize>> {
     calls
 }
 
-/// A script call's reply (`{epoch, record id, n1, n2, ...}`, see the
-/// script) as its record id and one number per message.
+/// A script call's reply (`{epoch, record id, -first}` or `{epoch, record
+/// id, n1, n2, ...}`, see the script) as its record id and one number per
+/// message.
 fn call_numbers(reply: &Value, messages: usize) -> Result<(Option<String>, Vec<Numbered>), BrokerError> {
     let bad = || BrokerError::Protocol(format!("script reply: {reply:?}"));
     let Value::Array(items) = reply else { return Err(bad()) };
-    if items.len() != messages + 2 {
+    if items.len() < 3 {
         return Err(bad());
     }
     let epoch: String = redis::from_redis_value(items[0].clone()).map_err(|_| bad())?;
     let record: String = redis::from_redis_value(items[1].clone()).map_err(|_| bad())?;
+    let record = (!record.is_empty()).then_some(record);
+    let fresh = |offset: u64| Numbered { epoch: epoch.clone(), offset, fresh: true };
+    if let (3, Value::Int(negative)) = (items.len(), &items[2]) {
+        if *negative < 0 {
+            let first = negative.unsigned_abs();
+            return Ok((record, (0..messages as u64).map(|k| fresh(first + k)).collect()));
+        }
+    }
+    if items.len() != messages + 2 {
+        return Err(bad());
+    }
     let numbers = items[2..]
         .iter()
         .map(|item| match item {
-            Value::Int(offset) => Ok(Numbered { epoch: epoch.clone(), offset: *offset as u64, fresh: true }),
+            Value::Int(offset) if *offset > 0 => Ok(fresh(*offset as u64)),
             other => {
                 let before: String = redis::from_redis_value(other.clone()).map_err(|_| bad())?;
                 let (epoch, offset) = before.split_once(':').ok_or_else(bad)?;
@@ -509,7 +566,7 @@ fn call_numbers(reply: &Value, messages: usize) -> Result<(Option<String>, Vec<N
             }
         })
         .collect::<Result<Vec<Numbered>, BrokerError>>()?;
-    Ok(((!record.is_empty()).then_some(record), numbers))
+    Ok((record, numbers))
 }
 
 /// One field of a stream entry: its name and value.
