@@ -18,7 +18,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,22 @@ struct Args {
     /// Skip the latency measurement.
     #[arg(long)]
     skip_latency: bool,
+    /// Skip the fan-out latency and slow-consumer measurements.
+    #[arg(long)]
+    skip_fanout: bool,
+    /// Messages per fan-out run (one message to every subscriber each time).
+    #[arg(long, default_value_t = 200)]
+    fanout_messages: usize,
+    /// Fan-out messages per second.
+    #[arg(long, default_value_t = 10)]
+    fanout_rate: u64,
+    /// Messages of the slow-consumer runs (enough to overflow a
+    /// subscriber's queue of 1,024 and its socket buffers).
+    #[arg(long, default_value_t = 1_500)]
+    slow_messages: usize,
+    /// Messages per second of the slow-consumer runs.
+    #[arg(long, default_value_t = 100)]
+    slow_rate: u64,
     /// Skip the PostgreSQL measurements.
     #[arg(long)]
     skip_postgres: bool,
@@ -102,6 +118,10 @@ impl Args {
             self.latency_seconds = 1;
             self.idle_seconds = 1;
             self.backlog = 2_000;
+            self.fanout_messages = 20;
+            self.fanout_rate = 50;
+            self.slow_messages = 20;
+            self.slow_rate = 50;
         }
         self
     }
@@ -133,6 +153,48 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// While set, servers start pinned to core 0 (`taskset -c 0`).
+static PIN_SERVERS: AtomicBool = AtomicBool::new(false);
+
+/// The command that starts a server under test, pinned when [`PIN_SERVERS`] is set.
+fn server_command(program: &std::ffi::OsStr) -> Command {
+    if PIN_SERVERS.load(Ordering::SeqCst) {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Pins every thread of this process (the load client) to core 1, or lets
+/// them run anywhere again; servers started meanwhile go to core 0.
+fn pin(pinned: bool) {
+    PIN_SERVERS.store(pinned, Ordering::SeqCst);
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for core in 0..cores {
+        if !pinned || core == 1 {
+            unsafe { libc::CPU_SET(core, &mut set) };
+        }
+    }
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else { continue };
+        // SAFETY: sets the affinity of one of this process's own threads.
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    }
+}
+
+/// This process's CPU time so far (user + system), in microseconds.
+fn cpu_micros() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
 fn start_orapush(binary: &Path) -> Server {
     start_orapush_with(binary, &[])
 }
@@ -141,7 +203,7 @@ fn start_orapush(binary: &Path) -> Server {
 fn start_orapush_with(binary: &Path, env: &[(String, String)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let child = Command::new(binary)
+    let child = server_command(binary.as_os_str())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--sqlite"])
         .arg(dir.path().join("bench.db"))
         .env("RUST_LOG", "warn")
@@ -187,7 +249,7 @@ fn metric(port: u16, name: &str) -> f64 {
 
 fn start_node(dir: &Path) -> Server {
     let port = free_port();
-    let child = Command::new("node")
+    let child = server_command("node".as_ref())
         .arg(dir.join("server.js"))
         .env("PORT", port.to_string())
         .stdout(Stdio::null())
@@ -242,14 +304,21 @@ async fn open_raw(port: u16, path: &str, i: usize) -> (tokio::net::TcpStream, Fr
     (stream, FrameCounter::default())
 }
 
-/// Counts unmasked server text frames of exactly `BODY_BYTES` payload in a
-/// byte stream, skipping every other frame (warm-up, pings).
-#[derive(Default)]
+/// Counts unmasked server text frames of exactly `body_bytes` payload
+/// (`BODY_BYTES` by default) in a byte stream, skipping every other frame
+/// (warm-up, pings).
 struct FrameCounter {
+    body_bytes: usize,
     skip: usize,
-    header: [u8; 2],
+    header: [u8; 4],
     header_len: usize,
     count: usize,
+}
+
+impl Default for FrameCounter {
+    fn default() -> Self {
+        Self { body_bytes: BODY_BYTES, skip: 0, header: [0; 4], header_len: 0, count: 0 }
+    }
 }
 
 impl FrameCounter {
@@ -264,15 +333,20 @@ impl FrameCounter {
             self.header[self.header_len] = data[0];
             self.header_len += 1;
             data = &data[1..];
-            if self.header_len == 2 {
-                let len = (self.header[1] & 0x7f) as usize;
-                assert!(len < 126, "bench frames are all under 126 bytes");
-                if self.header[0] == 0x81 && len == BODY_BYTES {
-                    self.count += 1;
-                }
-                self.skip = len;
-                self.header_len = 0;
+            if self.header_len == 1 {
+                continue;
             }
+            let len = match (self.header_len, self.header[1] & 0x7f) {
+                (2, short) if short < 126 => short as usize,
+                (2, 126) | (3, _) => continue,
+                (4, _) => u16::from_be_bytes([self.header[2], self.header[3]]) as usize,
+                (_, other) => panic!("bench frames are under 64 KiB (length code {other})"),
+            };
+            if self.header[0] == 0x81 && len == self.body_bytes {
+                self.count += 1;
+            }
+            self.skip = len;
+            self.header_len = 0;
         }
     }
 }
@@ -358,6 +432,114 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 
         r.abort();
     }
     (subscribers * messages) as f64 / elapsed.as_secs_f64()
+}
+
+/// What one fan-out run measured.
+struct Fanout {
+    /// Per message: ms from its POST until the last reading subscriber had it.
+    latencies: Vec<f64>,
+    /// The load client's CPU time per delivery, in µs (its own cost).
+    client_us_per_delivery: f64,
+    /// The server's peak RSS during the run, in KiB.
+    peak_rss_kib: u64,
+}
+
+/// Fan-out latency: `messages` messages of `body_bytes` bytes, one every
+/// `1 / per_second` s, via `POST /` to `readers` subscribers on `/` that
+/// count frames, plus `slow` subscribers that never read (a 4 KiB receive
+/// buffer, so their sockets fill early).
+async fn fanout(
+    server: &Server,
+    readers: usize,
+    slow: usize,
+    messages: usize,
+    per_second: u64,
+    body_bytes: usize,
+) -> Fanout {
+    let mut conns = Vec::with_capacity(readers);
+    for chunk_start in (0..readers).step_by(500) {
+        let end = (chunk_start + 500).min(readers);
+        conns.extend(
+            futures_util::future::join_all((chunk_start..end).map(|i| open_raw(server.port, "/", i))).await,
+        );
+    }
+    let mut sleepers = Vec::with_capacity(slow);
+    for i in 0..slow {
+        let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(source).unwrap();
+        let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], server.port))).await.unwrap();
+        handshake::upgrade_raw(&mut stream, &format!("127.0.0.1:{}", server.port), "/").await;
+        sleepers.push(stream);
+    }
+    let start = Instant::now();
+    let arrived: Arc<Vec<AtomicUsize>> = Arc::new((0..messages).map(|_| AtomicUsize::new(0)).collect());
+    let done_at: Arc<Vec<AtomicU64>> = Arc::new((0..messages).map(|_| AtomicU64::new(0)).collect());
+    let all_done = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for (mut stream, mut counter) in conns {
+        counter.body_bytes = body_bytes;
+        let (arrived, done_at, all_done) = (arrived.clone(), done_at.clone(), all_done.clone());
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 16 * 1024];
+            while counter.count < messages {
+                let before = counter.count;
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        panic!("a reading subscriber lost its connection after {before} messages")
+                    }
+                    Ok(n) => counter.feed(&buf[..n]),
+                }
+                for k in before..counter.count.min(messages) {
+                    if arrived[k].fetch_add(1, Ordering::SeqCst) + 1 == readers {
+                        done_at[k].store(start.elapsed().as_micros() as u64, Ordering::SeqCst);
+                        if k + 1 == messages {
+                            all_done.notify_one();
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    loop {
+        let reply: serde_json::Value =
+            http.post(&url).body("warmup").send().await.unwrap().json().await.unwrap();
+        if reply["message"] == format!("Send to {} clients", readers + slow) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frame = |pad: &str| format!(r#"{{"message":"REFRESH","pad":"{pad}"}}"#);
+    let body = frame(&"x".repeat(body_bytes - frame("").len()));
+    let cpu_before = cpu_micros();
+    let mut peak = rss_kib(server.child.id());
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..messages {
+        tick.tick().await;
+        sent_at.push(start.elapsed().as_micros() as u64);
+        let r = http.post(&url).body(body.clone()).send().await.unwrap();
+        assert!(r.status().is_success());
+        peak = peak.max(rss_kib(server.child.id()));
+    }
+    tokio::time::timeout(Duration::from_secs(120), all_done.notified())
+        .await
+        .expect("every message reached every reader");
+    let client_us = (cpu_micros() - cpu_before) as f64;
+    peak = peak.max(rss_kib(server.child.id()));
+    for t in tasks {
+        t.abort();
+    }
+    drop(sleepers);
+    let latencies = (0..messages)
+        .map(|k| done_at[k].load(Ordering::SeqCst).saturating_sub(sent_at[k]) as f64 / 1000.0)
+        .collect();
+    Fanout { latencies, client_us_per_delivery: client_us / (readers * messages) as f64, peak_rss_kib: peak }
 }
 
 fn now_micros() -> u64 {
@@ -480,6 +662,54 @@ async fn pg_backlog(binary: &Path, url: &str, rows: u64, extra_env: &[(String, S
     (rows as f64 / elapsed.as_secs_f64(), peak)
 }
 
+/// Starts one server under test (a fresh process each call).
+type StartServer = Box<dyn Fn() -> Server>;
+
+/// Fan-out latency for every server at two sizes, then slow consumers
+/// (orapush), pinned like the pinned broadcast.
+async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
+    let sizes = if args.quick { vec![args.subscribers] } else { vec![args.subscribers, args.connections] };
+    println!(
+        "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it (pinned)\n",
+        args.fanout_rate, args.fanout_messages
+    );
+    println!("| subscribers | server | p50 ms | p99 ms | max ms | client CPU µs per delivery |");
+    println!("|---|---|---|---|---|---|");
+    pin(true);
+    for &n in &sizes {
+        for (name, start) in servers {
+            let server = start();
+            let run = fanout(&server, n, 0, args.fanout_messages, args.fanout_rate, BODY_BYTES).await;
+            let (p50, p99, max) = percentiles(run.latencies);
+            println!("| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} |", run.client_us_per_delivery);
+        }
+    }
+
+    let readers = args.subscribers - args.subscribers / 10;
+    let slow = args.subscribers / 10;
+    println!(
+        "\n## Slow consumers: {readers} reading subscribers, with and without {slow} that never read (orapush, {} messages at {}/s, pinned)\n",
+        args.slow_messages, args.slow_rate
+    );
+    let mut p99s = Vec::new();
+    for slow_ones in [0, slow] {
+        let server = (servers[0].1)();
+        let run = fanout(&server, readers, slow_ones, args.slow_messages, args.slow_rate, BODY_BYTES).await;
+        let closed = metric(server.port, "orapush_slow_consumers_disconnected_total");
+        let (p50, p99, max) = percentiles(run.latencies);
+        println!(
+            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; slow ones closed (1013): {closed}; peak RSS {:.1} MiB",
+            run.peak_rss_kib as f64 / 1024.0
+        );
+        p99s.push(p99);
+    }
+    println!(
+        "- the readers' p99 with slow ones is {:.1}% of the p99 without (target ≤ 110%)",
+        100.0 * p99s[1] / p99s[0]
+    );
+    pin(false);
+}
+
 fn main() {
     // The compose bench's mode has options of its own (OracleArgs), so the
     // local modes' required options stay required.
@@ -489,7 +719,7 @@ fn main() {
     let args = Args::parse().quickened();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut servers: Vec<(String, Box<dyn Fn() -> Server>)> = vec![
+        let mut servers: Vec<(String, StartServer)> = vec![
             ("orapush".into(), Box::new({ let b = args.orapush.clone(); move || start_orapush(&b) })),
             ("seed-node".into(), Box::new({ let d = args.seed.clone(); move || start_node(&d) })),
         ];
@@ -534,6 +764,38 @@ fn main() {
                 idle[i].1 / idle[0].1,
                 rates[0].1 / rates[i].1
             );
+        }
+
+        if !args.skip_broadcast {
+            println!(
+                "\n## Broadcast pinned: each server on core 0, the load client on core 1 (per-core figures)\n"
+            );
+            pin(true);
+            let mut pinned = Vec::new();
+            for (name, start) in &servers {
+                let mut round_rates = Vec::new();
+                for _ in 0..args.rounds {
+                    let server = start();
+                    round_rates.push(broadcast(&server, args.subscribers, args.messages).await);
+                }
+                round_rates.sort_by(f64::total_cmp);
+                let median = round_rates[round_rates.len() / 2];
+                println!("- {name}: {median:.0} deliveries/s (median of {})", args.rounds);
+                pinned.push(median);
+            }
+            pin(false);
+            for i in 1..servers.len() {
+                println!(
+                    "- vs {}: {:.2}x pinned, {:.2}x unpinned",
+                    servers[i].0,
+                    pinned[0] / pinned[i],
+                    rates[0].1 / rates[i].1
+                );
+            }
+        }
+
+        if !args.skip_fanout {
+            fanout_section(&args, &servers).await;
         }
 
         if args.skip_latency {
