@@ -39,7 +39,7 @@ use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubSettings, UserCase};
@@ -77,7 +77,7 @@ impl Receipt {
 #[derive(Clone)]
 pub struct Subscriber {
     pub conn: ConnId,
-    pub tx: mpsc::Sender<Outgoing>,
+    pub tx: crate::queue::QueueSender<Outgoing>,
     /// Cancelled by the hub when the connection's queue overflows.
     pub kick: CancellationToken,
     /// The authenticated user, matched against a message's `target_user`.
@@ -937,13 +937,13 @@ fn deliver(sub: &Subscriber, frame: &Utf8Bytes, receipt: Option<&Receipt>, metri
             metrics.deliveries.inc();
             true
         }
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(crate::queue::TrySendError::Full(_)) => {
             metrics.dropped.inc();
             metrics.slow_consumers.inc();
             sub.kick.cancel();
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(crate::queue::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -974,8 +974,12 @@ mod tests {
         Hub::new(config(history), vec![ChannelPattern::Any], Metrics::new())
     }
 
-    fn subscriber(conn: ConnId, queue: usize, user: Option<&str>) -> (Subscriber, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(queue);
+    fn subscriber(
+        conn: ConnId,
+        queue: usize,
+        user: Option<&str>,
+    ) -> (Subscriber, crate::queue::QueueReceiver<Outgoing>) {
+        let (tx, rx) = crate::queue::frame_queue(queue);
         (
             Subscriber {
                 conn,
@@ -1079,7 +1083,7 @@ mod tests {
         }
         assert!(kick.is_cancelled());
         let mut got = 0;
-        while fast_rx.try_recv().is_ok() {
+        while fast_rx.try_recv().is_some() {
             got += 1;
         }
         assert_eq!(got, 5);
@@ -1099,8 +1103,8 @@ mod tests {
         let mut m = msg("c", "secret");
         m.target_user = Some("alice".into());
         assert_eq!(h.publish(&m, None).delivered, 1);
-        assert!(alice_rx.try_recv().is_ok());
-        assert!(bob_rx.try_recv().is_err() && anon_rx.try_recv().is_err());
+        assert!(alice_rx.try_recv().is_some());
+        assert!(bob_rx.try_recv().is_none() && anon_rx.try_recv().is_none());
         let (late_bob, _rx) = subscriber(4, 16, Some("bob"));
         let s = h
             .subscribe("c", late_bob, Some(&Position { epoch: h.epoch_of("c").unwrap(), offset: 0 }))
@@ -1294,7 +1298,7 @@ mod tests {
             assert!(matches!(remote(&h, "e2", o), RemoteDelivery::Delivered(1)));
         }
         let mut frames = Vec::new();
-        while let Ok(out) = rx.try_recv() {
+        while let Some(out) = rx.try_recv() {
             frames.push(serde_json::from_str::<serde_json::Value>(&out.frame).unwrap());
         }
         assert_eq!(frames[0]["type"], "subscribed");

@@ -39,6 +39,7 @@ pub mod hub;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod queue;
 pub mod server;
 pub mod source;
 pub mod state;

@@ -293,10 +293,18 @@ impl RedisNode {
         }
         if !history.recovered {
             warn!(channel, "missed messages are no longer in Redis; the channel's subscribers reload");
-            match &history.epoch {
-                Some(epoch) => self.inner.hub.reset_remote(channel, epoch, history.offset),
+            match (&history.epoch, since) {
+                // A new numbering (Redis lost its data, and rows were
+                // published again before this node listened): the
+                // subscribers reload, and still get what it holds so far.
+                (Some(epoch), Some(since)) if *epoch != since.epoch => {
+                    self.inner.hub.reset_remote(channel, epoch, 0);
+                    let start = Position { epoch: epoch.clone(), offset: 0 };
+                    Box::pin(self.catch_up(channel, Some(&start))).await;
+                }
+                (Some(epoch), _) => self.inner.hub.reset_remote(channel, epoch, history.offset),
                 // Redis lost the channel's numbering: the next frame sets it.
-                None => self.inner.hub.reset_remote(channel, "", 0),
+                (None, _) => self.inner.hub.reset_remote(channel, "", 0),
             }
             return;
         }

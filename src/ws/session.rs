@@ -26,7 +26,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -37,6 +36,7 @@ use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
 use crate::message::validate_channel;
 use crate::metrics::Metrics;
+use crate::queue::{frame_queue, QueueReceiver};
 
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
@@ -115,7 +115,7 @@ pub async fn run(
 ) {
     ctx.metrics.connections.inc();
     let (sink, stream) = socket.split();
-    let (tx, rx) = mpsc::channel(ctx.config.queue_size);
+    let (tx, rx) = frame_queue(ctx.config.queue_size);
     let permits = match mode {
         Mode::Legacy => ctx.access.permits(identity.as_ref()).map(Arc::from),
         Mode::Protocol { .. } => None,
@@ -152,7 +152,7 @@ impl Session {
         &mut self,
         mode: Mode,
         mut stream: SplitStream<WebSocket>,
-        mut rx: mpsc::Receiver<Outgoing>,
+        mut rx: QueueReceiver<Outgoing>,
     ) {
         let legacy = matches!(mode, Mode::Legacy);
         match mode {
@@ -165,7 +165,7 @@ impl Session {
             Mode::Protocol { auto_subscribe } => {
                 for channel in auto_subscribe {
                     let frame = ClientFrame::Subscribe { channel, since: None };
-                    if !matches!(self.answer(Ok(frame)).await, Next::Continue) {
+                    if !matches!(Box::pin(self.answer(Ok(frame))).await, Next::Continue) {
                         return;
                     }
                 }
@@ -189,16 +189,18 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    self.flush_queue(&mut rx).await;
+                    Box::pin(self.flush_queue(&mut rx)).await;
                     break Some((close::GOING_AWAY, "server shutting down"));
                 }
                 _ = &mut kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
                 _ = &mut expiry => {
                     let e = ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
-                    let _ = self.send_now(vec![WsMessage::Text(protocol::error(&e).into())]).await;
+                    let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
                     break Some((close::TOKEN_EXPIRED, "token expired"));
                 }
-                Some(first) = rx.recv() => match self.write_queued(first, &mut rx).await {
+                // Boxed: the write is live only while frames go out, and an
+                // idle connection should not carry its state.
+                first = rx.recv() => match Box::pin(self.write_queued(first, &mut rx)).await {
                     WriteEnd::Written => {}
                     WriteEnd::Failed => break None,
                     WriteEnd::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
@@ -216,14 +218,14 @@ impl Session {
                         _ if !self.take_frame_token() => {
                             self.ctx.metrics.limit_hit("frame_rate");
                             let e = ProtocolError::new("rate_limited", "more than server.max_frames_per_second frames");
-                            let _ = self.send_now(vec![WsMessage::Text(protocol::error(&e).into())]).await;
+                            let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
                             Next::Close(close::POLICY, "too many frames")
                         }
                         _ if legacy => Next::Continue,
-                        WsMessage::Text(text) => self.answer(protocol::parse_client_frame(&text)).await,
+                        WsMessage::Text(text) => Box::pin(self.answer(protocol::parse_client_frame(&text))).await,
                         WsMessage::Binary(_) => {
                             let refusal = ProtocolError::bad_request("binary frames are not supported; send JSON text");
-                            self.answer(Err(refusal)).await
+                            Box::pin(self.answer(Err(refusal))).await
                         }
                     };
                     match next {
@@ -238,7 +240,7 @@ impl Session {
                     if last_heard.elapsed() > config.client_timeout {
                         break Some((close::IDLE_TIMEOUT, "no frame or pong within server.client_timeout_ms"));
                     }
-                    if !self.send_now(vec![WsMessage::Ping(Default::default())]).await {
+                    if !Box::pin(self.send_now(vec![WsMessage::Ping(Default::default())])).await {
                         break None;
                     }
                 }
@@ -284,7 +286,7 @@ impl Session {
 
     /// Writes `first` and whatever else is queued, then flushes. The
     /// receipts are released only after the flush.
-    async fn write_queued(&mut self, first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>) -> WriteEnd {
+    async fn write_queued(&mut self, first: Outgoing, rx: &mut QueueReceiver<Outgoing>) -> WriteEnd {
         let timeout = self.ctx.config.write_timeout;
         let conn = self.conn;
         let kick = &self.subscriber.kick;
@@ -296,7 +298,7 @@ impl Session {
                 sink.feed(WsMessage::Text(out.frame)).await?;
                 receipts.push(out.receipt);
                 if receipts.len() < WRITE_BATCH {
-                    next = rx.try_recv().ok();
+                    next = rx.try_recv();
                 }
             }
             sink.flush().await?;
@@ -327,9 +329,9 @@ impl Session {
     }
 
     /// On shutdown: write what the hub already queued, within the flush budget.
-    async fn flush_queue(&mut self, rx: &mut mpsc::Receiver<Outgoing>) {
+    async fn flush_queue(&mut self, rx: &mut QueueReceiver<Outgoing>) {
         let deadline = Instant::now() + self.ctx.config.shutdown_flush;
-        while let Ok(first) = rx.try_recv() {
+        while let Some(first) = rx.try_recv() {
             let write = self.write_queued(first, rx);
             match tokio::time::timeout_at(deadline, write).await {
                 Ok(WriteEnd::Written) => {}

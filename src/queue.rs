@@ -1,0 +1,171 @@
+//! A connection's queue of frames from the hub: bounded, and holding no
+//! memory while it is empty.
+//!
+//! The hub pushes (under its own lock, never waiting) and the connection's
+//! task pops. tokio's `mpsc` would do, but it allocates a block of 32 slots
+//! up front, about 1.8 KiB with its channel, for every connection, most of
+//! which sit idle: a plain `VecDeque` behind a mutex allocates on the first
+//! frame, and gives a large buffer back once a burst has been written.
+//!
+//! **Overflow policy:** [`QueueSender::try_send`] refuses a frame when the
+//! queue holds `capacity` frames (`hub.subscriber_queue_size`); the hub then
+//! closes that connection as too slow (1013). Nothing else waits or drops.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// A queue that has written a burst keeps at most this many slots once it
+/// is empty again.
+const KEEP_WHEN_EMPTY: usize = 16;
+
+/// A bounded queue of `capacity` items (see the module doc).
+pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false }),
+        ready: Notify::new(),
+        capacity,
+    });
+    (QueueSender { shared: shared.clone() }, QueueReceiver { shared })
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Holds one wake-up for the receiver when it is not waiting yet.
+    ready: Notify,
+    capacity: usize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    receiver_gone: bool,
+}
+
+impl<T> Shared<T> {
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Why [`QueueSender::try_send`] did not take an item (which it gives back).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The queue holds `capacity` items: the receiver is too slow.
+    Full(T),
+    /// The receiver is gone (the connection ended).
+    Closed(T),
+}
+
+/// The hub's end. Cheap to clone.
+pub struct QueueSender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for QueueSender<T> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for QueueSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSender").field("capacity", &self.shared.capacity).finish()
+    }
+}
+
+impl<T> QueueSender<T> {
+    /// Queues `item` without waiting.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        let mut state = self.shared.state();
+        if state.receiver_gone {
+            return Err(TrySendError::Closed(item));
+        }
+        if state.items.len() >= self.shared.capacity {
+            return Err(TrySendError::Full(item));
+        }
+        state.items.push_back(item);
+        drop(state);
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The connection's end.
+pub struct QueueReceiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> QueueReceiver<T> {
+    /// The next item, if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        let mut state = self.shared.state();
+        let item = state.items.pop_front();
+        if state.items.is_empty() && state.items.capacity() > KEEP_WHEN_EMPTY {
+            state.items.shrink_to(KEEP_WHEN_EMPTY);
+        }
+        item
+    }
+
+    /// Waits for the next item (the hub keeps a sender for as long as the
+    /// connection is subscribed, so this only ever ends with an item).
+    pub async fn recv(&mut self) -> T {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            // A push after the check above left a wake-up: this returns at once.
+            self.shared.ready.notified().await;
+        }
+    }
+}
+
+impl<T> Drop for QueueReceiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        state.receiver_gone = true;
+        // Frames still queued release their receipts now.
+        state.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items come out in order; a full queue refuses; a gone receiver closes it.
+    #[tokio::test]
+    async fn bounded_in_order_and_closed_when_the_receiver_goes() {
+        let (tx, mut rx) = frame_queue(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.clone().try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        assert_eq!(rx.recv().await, 1);
+        assert_eq!(rx.try_recv(), Some(2));
+        assert_eq!(rx.try_recv(), None);
+        drop(rx);
+        assert_eq!(tx.try_send(4), Err(TrySendError::Closed(4)));
+    }
+
+    /// A receiver waiting on an empty queue wakes for an item sent later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_receiver_wakes() {
+        let (tx, mut rx) = frame_queue(4);
+        let waiter = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.try_send("frame").unwrap();
+        assert_eq!(waiter.await.unwrap(), "frame");
+    }
+
+    /// An empty queue holds no memory; after a burst it keeps a little.
+    #[test]
+    fn memory_is_given_back_after_a_burst() {
+        let (tx, mut rx) = frame_queue(1024);
+        assert_eq!(rx.shared.state().items.capacity(), 0);
+        for i in 0..500 {
+            tx.try_send(i).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert!(rx.shared.state().items.capacity() <= KEEP_WHEN_EMPTY);
+    }
+}
