@@ -23,7 +23,7 @@
 //! | [`message`] | the row → message rule (seed JSON rule), channel names and patterns |
 //! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
 //! | [`hub`] | channel → subscribers, offsets under an epoch, history, overflow policy |
-| [`queue`] | a connection's bounded frame queue, empty of memory while idle |
+//! | [`queue`] | a connection's bounded frame queue, empty of memory while idle |
 //! | [`ws`] | upgrade and Origin check, the session loop, the protocol frames and close codes |
 //! | [`http`] | routes: health, readiness, metrics, publish, static client and demo page |
 //! | [`listener`] | the accept loop: TLS, handshake timeout, peer address, graceful stop |
