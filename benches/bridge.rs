@@ -98,6 +98,11 @@ struct Args {
     /// Rows in the large backlog.
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
+    /// Run only the soak, for this many minutes: connections churn at 200/s
+    /// while 100 outbox rows/s reach 1,000 steady subscribers; RSS and open
+    /// file descriptors are sampled every minute.
+    #[arg(long)]
+    soak: Option<u64>,
     /// Small sizes everywhere, no thresholds: checks that every part of the
     /// bench still runs (CI runs this), in well under a minute.
     #[arg(long)]
@@ -681,6 +686,140 @@ async fn pg_backlog(binary: &Path, url: &str, rows: u64, extra_env: &[(String, S
     (rows as f64 / elapsed.as_secs_f64(), peak)
 }
 
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Least-squares slope of `samples` (per sample step).
+fn slope(samples: &[f64]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = samples.iter().sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, y) in samples.iter().enumerate() {
+        num += (i as f64 - mean_x) * (y - mean_y);
+        den += (i as f64 - mean_x).powi(2);
+    }
+    num / den
+}
+
+/// The soak (`--soak MINUTES`): 1,000 steady subscribers on `/` count every
+/// row; 100 outbox rows/s of exactly `BODY_BYTES`; 200 connections a second
+/// connect to `/ws`, subscribe, receive one message and leave. RSS and open
+/// file descriptors are printed every minute, with their slopes at the end,
+/// and every steady subscriber must have every row.
+async fn soak(binary: &Path, minutes: u64) {
+    const STEADY: usize = 1_000;
+    const ROWS_PER_SECOND: u64 = 100;
+    const CHURN_PER_SECOND: u64 = 200;
+    let server = start_orapush(binary);
+    let pid = server.child.id();
+    let db = server._dir.as_ref().unwrap().path().join("bench.db");
+    let mut steady = Vec::with_capacity(STEADY);
+    for chunk in (0..STEADY).step_by(500) {
+        let end = (chunk + 500).min(STEADY);
+        steady.extend(
+            futures_util::future::join_all((chunk..end).map(|i| open_raw(server.port, "/", i))).await,
+        );
+    }
+    let counts: Arc<Vec<AtomicUsize>> = Arc::new((0..STEADY).map(|_| AtomicUsize::new(0)).collect());
+    for (k, (mut stream, mut counter)) in steady.into_iter().enumerate() {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => counter.feed(&buf[..n]),
+                }
+                counts[k].store(counter.count, Ordering::SeqCst);
+            }
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserted = Arc::new(AtomicUsize::new(0));
+    let inserter = {
+        let (stop, inserted) = (stop.clone(), inserted.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            let frame = |pad: &str| format!(r#"{{"message":"REFRESH","pad":"{pad}"}}"#);
+            let body = frame(&"x".repeat(BODY_BYTES - frame("").len()));
+            let start = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                conn.execute("INSERT INTO orapush_outbox(channel, payload) VALUES ('soak', ?1)", [&body])
+                    .unwrap();
+                let n = inserted.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                let due = start + Duration::from_micros(n * 1_000_000 / ROWS_PER_SECOND);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    let churned = Arc::new(AtomicUsize::new(0));
+    let churn = {
+        let (stop, churned, port) = (stop.clone(), churned.clone(), server.port);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / CHURN_PER_SECOND));
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                i += 1;
+                let churned = churned.clone();
+                tokio::spawn(async move {
+                    let mut ws = open(port, "/ws?channel=soak", i).await;
+                    let deadline = Duration::from_secs(10);
+                    while let Ok(Some(Ok(frame))) = tokio::time::timeout(deadline, ws.next()).await {
+                        if frame.to_text().is_ok_and(|t| t.contains(r#""type":"message""#)) {
+                            churned.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                });
+            }
+        })
+    };
+    println!("## Soak: {minutes} min, {CHURN_PER_SECOND} connections/s churning, {ROWS_PER_SECOND} rows/s to {STEADY} steady subscribers\n");
+    println!("| minute | RSS MiB | open fds | rows | churned connections |");
+    println!("|---|---|---|---|---|");
+    let (mut rss, mut fds) = (Vec::new(), Vec::new());
+    for minute in 0..=minutes {
+        if minute > 0 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let (r, f) = (rss_kib(pid) as f64 / 1024.0, open_fds(pid) as f64);
+        println!(
+            "| {minute} | {r:.1} | {f} | {} | {} |",
+            inserted.load(Ordering::SeqCst),
+            churned.load(Ordering::SeqCst)
+        );
+        rss.push(r);
+        fds.push(f);
+    }
+    stop.store(true, Ordering::SeqCst);
+    inserter.join().unwrap();
+    churn.abort();
+    let rows = inserted.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let behind = || counts.iter().filter(|c| c.load(Ordering::SeqCst) < rows).count();
+    while behind() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first minute is warm-up (allocator arenas, the first WAL); the slope is over the rest.
+    let from = usize::from(rss.len() > 2);
+    println!(
+        "\n- RSS slope {:+.3} MiB/min, open fds slope {:+.2}/min (minutes {from}–{minutes})",
+        slope(&rss[from..]),
+        slope(&fds[from..])
+    );
+    println!("- {rows} rows inserted; steady subscribers missing rows: {} of {STEADY}", behind());
+}
+
 /// Starts one server under test (a fresh process each call).
 type StartServer = Box<dyn Fn() -> Server>;
 
@@ -752,6 +891,9 @@ fn main() {
     }
     let args = Args::parse().quickened();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Some(minutes) = args.soak {
+        return runtime.block_on(soak(&args.orapush, minutes));
+    }
     runtime.block_on(async {
         let mut servers: Vec<(String, StartServer)> = vec![
             ("orapush".into(), Box::new({ let b = args.orapush.clone(); move || start_orapush(&b) })),
