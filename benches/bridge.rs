@@ -719,25 +719,17 @@ async fn soak(binary: &Path, minutes: u64) {
     let server = start_orapush(binary);
     let pid = server.child.id();
     let db = server._dir.as_ref().unwrap().path().join("bench.db");
-    let mut steady = Vec::with_capacity(STEADY);
-    for chunk in (0..STEADY).step_by(500) {
-        let end = (chunk + 500).min(STEADY);
-        steady.extend(
-            futures_util::future::join_all((chunk..end).map(|i| open_raw(server.port, "/", i))).await,
-        );
-    }
+    // tungstenite clients, not raw counters: over half an hour the server
+    // pings, and a subscriber that never answers would be closed as idle.
+    let steady = open_many(server.port, "/", STEADY).await;
     let counts: Arc<Vec<AtomicUsize>> = Arc::new((0..STEADY).map(|_| AtomicUsize::new(0)).collect());
-    for (k, (mut stream, mut counter)) in steady.into_iter().enumerate() {
+    for (k, mut ws) in steady.into_iter().enumerate() {
         let counts = counts.clone();
         tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => counter.feed(&buf[..n]),
+            while let Some(Ok(frame)) = ws.next().await {
+                if frame.is_text() && frame.len() == BODY_BYTES {
+                    counts[k].fetch_add(1, Ordering::SeqCst);
                 }
-                counts[k].store(counter.count, Ordering::SeqCst);
             }
         });
     }
