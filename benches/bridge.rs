@@ -358,6 +358,17 @@ impl FrameCounter {
     }
 }
 
+/// Opens `n` raw counting sockets on `/`, 500 handshakes at a time.
+async fn open_raw_many(port: u16, n: usize) -> Vec<(tokio::net::TcpStream, FrameCounter)> {
+    let mut conns = Vec::with_capacity(n);
+    for chunk_start in (0..n).step_by(500) {
+        let end = (chunk_start + 500).min(n);
+        conns
+            .extend(futures_util::future::join_all((chunk_start..end).map(|i| open_raw(port, "/", i))).await);
+    }
+    conns
+}
+
 async fn open_many(port: u16, path: &str, n: usize) -> Vec<Ws> {
     let mut all = Vec::with_capacity(n);
     for chunk_start in (0..n).step_by(500) {
@@ -386,13 +397,7 @@ const BODY_BYTES: usize = 100;
 
 /// Deliveries per second of `messages` 100-byte POSTs to `subscribers` sockets on `/`.
 async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 {
-    let mut conns = Vec::with_capacity(subscribers);
-    for chunk_start in (0..subscribers).step_by(500) {
-        let end = (chunk_start + 500).min(subscribers);
-        conns.extend(
-            futures_util::future::join_all((chunk_start..end).map(|i| open_raw(server.port, "/", i))).await,
-        );
-    }
+    let conns = open_raw_many(server.port, subscribers).await;
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
     let mut readers = Vec::new();
@@ -463,13 +468,7 @@ async fn fanout(
     per_second: u64,
     body_bytes: usize,
 ) -> Result<Fanout, String> {
-    let mut conns = Vec::with_capacity(readers);
-    for chunk_start in (0..readers).step_by(500) {
-        let end = (chunk_start + 500).min(readers);
-        conns.extend(
-            futures_util::future::join_all((chunk_start..end).map(|i| open_raw(server.port, "/", i))).await,
-        );
-    }
+    let conns = open_raw_many(server.port, readers).await;
     let mut sleepers = Vec::with_capacity(slow);
     for i in 0..slow {
         let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));

@@ -783,12 +783,13 @@ impl Hub {
         });
     }
 
-    /// The last frame delivered here for a channel: `(epoch, offset)`, when
-    /// the channel has local subscribers and a numbering.
-    pub fn remote_position(&self, channel_name: &str) -> Option<(String, u64)> {
+    /// The last frame delivered here for a channel, when the channel has
+    /// local subscribers and a numbering.
+    pub fn remote_position(&self, channel_name: &str) -> Option<Position> {
         let state = self.state();
         let channel = state.channels.get(channel_name)?;
-        (!channel.epoch.is_empty()).then(|| (channel.epoch.to_string(), channel.last_offset))
+        (!channel.epoch.is_empty())
+            .then(|| Position { epoch: channel.epoch.to_string(), offset: channel.last_offset })
     }
 
     /// Channels with local subscribers (the broker's wanted set).

@@ -325,8 +325,7 @@ impl RedisNode {
     /// After a reconnect: every listened channel catches up from its stream.
     async fn catch_up_all(&self) {
         for channel in self.inner.hub.subscribed_channels() {
-            let position =
-                self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            let position = self.inner.hub.remote_position(&channel);
             self.catch_up(&channel, position.as_ref()).await;
         }
     }
@@ -336,8 +335,7 @@ impl RedisNode {
         let behind: Vec<String> = self.behind().drain().collect();
         let listened: HashSet<String> = self.inner.hub.subscribed_channels().into_iter().collect();
         for channel in behind.into_iter().filter(|c| listened.contains(c)) {
-            let position =
-                self.inner.hub.remote_position(&channel).map(|(epoch, offset)| Position { epoch, offset });
+            let position = self.inner.hub.remote_position(&channel);
             self.catch_up(&channel, position.as_ref()).await;
         }
     }
