@@ -269,6 +269,37 @@ async fn slow_subscriber_is_disconnected_alone() {
     server.stop().await.unwrap();
 }
 
+/// A socket that takes no bytes for `server.write_timeout_ms` ends its
+/// connection before its queue fills; the limit counts it, not as a 1013.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_write_ends_the_connection_and_is_counted() {
+    let server = Server::start_with(|s| s.server.write_timeout_ms = 300).await;
+    let mut stalled = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut stalled, "feed").await;
+    let payload = json!({ "blob": "z".repeat(60_000) });
+    let http = reqwest::Client::new();
+    let counted = r#"orapush_limits_hit_total{limit="write_timeout"} 1"#;
+    // 60 KB messages until the kernel buffers are full and a write stalls;
+    // far fewer than the queue's 1,024 frames.
+    let mut published = 0;
+    while !http_body(server.addr, "/metrics").unwrap_or_default().contains(counted) {
+        assert!(published < 600, "no write stalled after {published} messages of 60 KB");
+        let r = http
+            .post(server.url("/api/publish"))
+            .json(&json!({"channel": "feed", "data": payload}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        published += 1;
+    }
+    wait_for_metric(server.addr, "orapush_connections 0").await;
+    let metrics = http_body(server.addr, "/metrics").unwrap();
+    assert!(metrics.contains("orapush_slow_consumers_disconnected_total 0"), "{metrics}");
+    drop(stalled);
+    server.stop().await.unwrap();
+}
+
 /// Bad client frames get the SPEC's error frames (connection stays open); an oversized one gets close 1009.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_errors_and_the_server_keeps_serving() {

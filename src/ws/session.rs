@@ -323,6 +323,7 @@ impl Session {
             }
             Err(_) => {
                 debug!(conn, "write timed out");
+                self.ctx.metrics.limit_hit("write_timeout");
                 WriteEnd::Failed
             }
         }
