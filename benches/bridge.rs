@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 
+#[path = "bridge/charts.rs"]
+mod charts;
 #[path = "../tests/common/handshake.rs"]
 mod handshake;
 use futures_util::StreamExt;
@@ -48,6 +50,9 @@ struct Args {
     subscribers: usize,
     #[arg(long, default_value_t = 500)]
     messages: usize,
+    /// Messages of the pinned broadcast at `--connections` subscribers.
+    #[arg(long, default_value_t = 200)]
+    burst_messages: usize,
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
     #[arg(long, default_value_t = 10)]
@@ -74,12 +79,12 @@ struct Args {
     /// Fan-out messages per second.
     #[arg(long, default_value_t = 10)]
     fanout_rate: u64,
-    /// Messages of the slow-consumer runs (enough to overflow a
-    /// subscriber's queue of 1,024 and its socket buffers).
+    /// Messages of the slow-consumer runs (enough to fill a socket's
+    /// buffers and then the queue).
     #[arg(long, default_value_t = 1_500)]
     slow_messages: usize,
     /// Messages per second of the slow-consumer runs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     slow_rate: u64,
     /// Skip the PostgreSQL measurements.
     #[arg(long)]
@@ -107,6 +112,13 @@ struct Args {
     /// bench still runs (CI runs this), in well under a minute.
     #[arg(long)]
     quick: bool,
+    /// Where the SVG charts go (latency distributions, the soak's RSS).
+    #[arg(long, default_value = "target/bench-charts")]
+    charts: PathBuf,
+    /// Measure orapush alone, without the node.js baselines (for profiling;
+    /// no ratios).
+    #[arg(long)]
+    only_orapush: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -275,12 +287,16 @@ fn wait_listening(port: u16) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    read_rss_kib(pid).unwrap_or_else(|| panic!("no RSS for process {pid}"))
+}
+
+/// The RSS of a process, if it is still running.
+fn read_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -313,19 +329,49 @@ async fn open_raw(port: u16, path: &str, i: usize) -> (tokio::net::TcpStream, Fr
 
 /// Counts unmasked server text frames of exactly `body_bytes` payload
 /// (`BODY_BYTES` by default) in a byte stream, skipping every other frame
-/// (warm-up, pings).
+/// (warm-up), and answers pings as a browser would: the seed server's
+/// `websocket` module closes a connection that leaves its pings unanswered.
 struct FrameCounter {
     body_bytes: usize,
     skip: usize,
     header: [u8; 4],
     header_len: usize,
     count: usize,
+    /// The payload of the ping being read, while one is.
+    ping: Option<Vec<u8>>,
+    /// Pong frames (masked) still to be written.
+    pongs: Vec<u8>,
 }
 
 impl Default for FrameCounter {
     fn default() -> Self {
-        Self { body_bytes: BODY_BYTES, skip: 0, header: [0; 4], header_len: 0, count: 0 }
+        Self {
+            body_bytes: BODY_BYTES,
+            skip: 0,
+            header: [0; 4],
+            header_len: 0,
+            count: 0,
+            ping: None,
+            pongs: Vec::new(),
+        }
     }
+}
+
+/// Reads what the socket has, counts it, and answers pings; the bytes read
+/// (0 when the server closed the connection).
+async fn read_counting(
+    stream: &mut tokio::net::TcpStream,
+    counter: &mut FrameCounter,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = stream.read(buf).await?;
+    counter.feed(&buf[..n]);
+    if !counter.pongs.is_empty() {
+        stream.write_all(&counter.pongs).await?;
+        counter.pongs.clear();
+    }
+    Ok(n)
 }
 
 impl FrameCounter {
@@ -334,7 +380,13 @@ impl FrameCounter {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
+                if let Some(ping) = &mut self.ping {
+                    ping.extend_from_slice(&data[..n]);
+                }
                 data = &data[n..];
+                if self.skip == 0 {
+                    self.answer_ping();
+                }
                 continue;
             }
             self.header[self.header_len] = data[0];
@@ -352,8 +404,23 @@ impl FrameCounter {
             if self.header[0] == 0x81 && len == self.body_bytes {
                 self.count += 1;
             }
+            if self.header[0] == 0x89 {
+                self.ping = Some(Vec::with_capacity(len));
+            }
             self.skip = len;
             self.header_len = 0;
+            if len == 0 {
+                self.answer_ping();
+            }
+        }
+    }
+
+    /// Queues the pong for the ping just read (a zero mask leaves its
+    /// payload as it is).
+    fn answer_ping(&mut self) {
+        if let Some(payload) = self.ping.take() {
+            self.pongs.extend_from_slice(&[0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0]);
+            self.pongs.extend_from_slice(&payload);
         }
     }
 }
@@ -395,8 +462,59 @@ async fn idle_memory(server: &Server, n: usize) -> f64 {
 /// Size of each broadcast message; the readers count frames of this size.
 const BODY_BYTES: usize = 100;
 
-/// Deliveries per second of `messages` 100-byte POSTs to `subscribers` sockets on `/`.
-async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 {
+/// What one broadcast run measured.
+struct Broadcast {
+    /// Deliveries per second.
+    rate: f64,
+    /// The server's CPU time per delivery, in µs (all its threads).
+    server_us: f64,
+    /// The load client's CPU time per delivery, in µs.
+    client_us: f64,
+    /// The server's peak RSS during the burst, in KiB (sampled every 20 ms).
+    peak_rss_kib: u64,
+}
+
+/// A process's CPU time so far (user + system, every thread), in µs.
+fn process_cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // SAFETY: sysconf only reads a constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks * 1_000_000 / ticks_per_second
+}
+
+/// Samples a process's RSS every 20 ms until dropped; gives the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(Ordering::SeqCst) {
+                peak = peak.max(read_rss_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(read_rss_kib(pid).unwrap_or(0))
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn peak(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// `messages` 100-byte POSTs to `subscribers` sockets on `/`, timed until
+/// every subscriber has counted all of them.
+async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> Broadcast {
     let conns = open_raw_many(server.port, subscribers).await;
     let done = Arc::new(AtomicUsize::new(0));
     let all_done = Arc::new(Notify::new());
@@ -404,14 +522,10 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 
     for (mut stream, mut counter) in conns {
         let (done, all_done) = (done.clone(), all_done.clone());
         readers.push(tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 16 * 1024];
             while counter.count < messages {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        panic!("subscriber lost its connection after {} messages", counter.count)
-                    }
-                    Ok(n) => counter.feed(&buf[..n]),
+                if let Ok(0) | Err(_) = read_counting(&mut stream, &mut counter, &mut buf).await {
+                    panic!("subscriber lost its connection after {} messages", counter.count)
                 }
             }
             if done.fetch_add(1, Ordering::SeqCst) + 1 == subscribers {
@@ -433,17 +547,23 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> f64 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let pid = server.child.id();
+    let rss = RssSampler::start(pid);
+    let (server_before, client_before) = (process_cpu_micros(pid), cpu_micros());
     let start = Instant::now();
     for _ in 0..messages {
         let r = http.post(&url).body(body.clone()).send().await.unwrap();
         assert!(r.status().is_success());
     }
-    tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await.expect("all delivered");
+    tokio::time::timeout(Duration::from_secs(300), all_done.notified()).await.expect("all delivered");
     let elapsed = start.elapsed();
+    let deliveries = (subscribers * messages) as f64;
+    let server_us = (process_cpu_micros(pid) - server_before) as f64 / deliveries;
+    let client_us = (cpu_micros() - client_before) as f64 / deliveries;
     for r in readers {
         r.abort();
     }
-    (subscribers * messages) as f64 / elapsed.as_secs_f64()
+    Broadcast { rate: deliveries / elapsed.as_secs_f64(), server_us, client_us, peak_rss_kib: rss.peak() }
 }
 
 /// What one fan-out run measured.
@@ -452,6 +572,11 @@ struct Fanout {
     latencies: Vec<f64>,
     /// The load client's CPU time per delivery, in µs (its own cost).
     client_us_per_delivery: f64,
+    /// The server's CPU time per delivery, in µs.
+    server_us_per_delivery: f64,
+    /// The server's open connections once every reader had every message
+    /// (the slow ones still count while the server keeps them).
+    connections_at_end: f64,
     /// The server's peak RSS during the run, in KiB.
     peak_rss_kib: u64,
 }
@@ -490,18 +615,14 @@ async fn fanout(
         let (arrived, done_at, all_done) = (arrived.clone(), done_at.clone(), all_done.clone());
         let lost = lost.clone();
         tasks.push(tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 16 * 1024];
             while counter.count < messages {
                 let before = counter.count;
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        // The server dropped a reader: the run has no figure.
-                        lost.fetch_add(1, Ordering::SeqCst);
-                        all_done.notify_one();
-                        return;
-                    }
-                    Ok(n) => counter.feed(&buf[..n]),
+                if let Ok(0) | Err(_) = read_counting(&mut stream, &mut counter, &mut buf).await {
+                    // The server dropped a reader: the run has no figure.
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    all_done.notify_one();
+                    return;
                 }
                 for k in before..counter.count.min(messages) {
                     if arrived[k].fetch_add(1, Ordering::SeqCst) + 1 == readers {
@@ -527,6 +648,7 @@ async fn fanout(
     let frame = |pad: &str| format!(r#"{{"message":"REFRESH","pad":"{pad}"}}"#);
     let body = frame(&"x".repeat(body_bytes - frame("").len()));
     let cpu_before = cpu_micros();
+    let server_cpu_before = process_cpu_micros(server.child.id());
     let mut peak = rss_kib(server.child.id());
     let mut sent_at = Vec::with_capacity(messages);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
@@ -540,6 +662,7 @@ async fn fanout(
     }
     let _ = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
     let client_us = (cpu_micros() - cpu_before) as f64;
+    let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
     let lost = lost.load(Ordering::SeqCst);
     let incomplete = done_at.iter().filter(|d| d.load(Ordering::SeqCst) == 0).count();
     if lost > 0 || incomplete > 0 {
@@ -551,6 +674,7 @@ async fn fanout(
         ));
     }
     peak = peak.max(rss_kib(server.child.id()));
+    let connections_at_end = metric(server.port, "orapush_connections ");
     for t in tasks {
         t.abort();
     }
@@ -561,6 +685,8 @@ async fn fanout(
     Ok(Fanout {
         latencies,
         client_us_per_delivery: client_us / (readers * messages) as f64,
+        server_us_per_delivery: server_us / (readers * messages) as f64,
+        connections_at_end,
         peak_rss_kib: peak,
     })
 }
@@ -600,15 +726,12 @@ async fn outbox_latency(
     rate: u64,
     seconds: u64,
     inserter: impl FnOnce() -> Inserter + Send + 'static,
-) -> (f64, f64, f64, usize) {
+) -> Vec<f64> {
     let mut ws = open(server.port, "/ws?channel=lat", 0).await;
     let total = (rate * seconds) as usize;
     // The first frame is the subscription confirmation.
     let _ = ws.next().await;
-    let latencies = timed_rows(&mut ws, rate, total, inserter).await;
-    let n = latencies.len();
-    let (p50, p99, max) = percentiles(latencies);
-    (p50, p99, max, n)
+    timed_rows(&mut ws, rate, total, inserter).await
 }
 
 /// A scratch schema on the benchmark's PostgreSQL, dropped afterwards.
@@ -711,7 +834,7 @@ fn slope(samples: &[f64]) -> f64 {
 /// connect to `/ws`, subscribe, receive one message and leave. RSS and open
 /// file descriptors are printed every minute, with their slopes at the end,
 /// and every steady subscriber must have every row.
-async fn soak(binary: &Path, minutes: u64) {
+async fn soak(binary: &Path, minutes: u64, charts_dir: &Path) {
     const STEADY: usize = 1_000;
     const ROWS_PER_SECOND: u64 = 100;
     const CHURN_PER_SECOND: u64 = 200;
@@ -809,10 +932,102 @@ async fn soak(binary: &Path, minutes: u64) {
         slope(&fds[from..])
     );
     println!("- {rows} rows inserted; steady subscribers missing rows: {} of {STEADY}", behind());
+    let per_minute =
+        |values: &[f64]| values.iter().enumerate().map(|(m, &v)| (m as f64, v)).collect::<Vec<_>>();
+    charts::over_time(
+        &charts_dir.join("soak-rss.svg"),
+        &format!("Soak: orapush RSS over {minutes} minutes"),
+        "RSS (MiB)",
+        &[("RSS".to_string(), per_minute(&rss))],
+    );
+    charts::over_time(
+        &charts_dir.join("soak-fds.svg"),
+        &format!("Soak: orapush open file descriptors over {minutes} minutes"),
+        "open file descriptors",
+        &[("open fds".to_string(), per_minute(&fds))],
+    );
 }
 
 /// Starts one server under test (a fresh process each call).
 type StartServer = Box<dyn Fn() -> Server>;
+
+/// The median (by rate) of `rounds` broadcast runs, each on a fresh server.
+async fn broadcast_rounds(
+    start: &StartServer,
+    subscribers: usize,
+    messages: usize,
+    rounds: usize,
+) -> Broadcast {
+    let mut runs = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let server = start();
+        runs.push(broadcast(&server, subscribers, messages).await);
+    }
+    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// Broadcast with each server pinned to core 0 and the client to core 1,
+/// at `--subscribers` (all `--messages`) and at `--connections` (
+/// `--burst-messages`): per-core rates, CPU per delivery and peak RSS.
+async fn pinned_broadcast_section(
+    args: &Args,
+    servers: &[(String, StartServer)],
+    unpinned: &[(String, f64)],
+) {
+    let sizes = if args.quick {
+        vec![(args.subscribers, args.messages)]
+    } else {
+        vec![(args.subscribers, args.messages), (args.connections, args.burst_messages)]
+    };
+    println!("\n## Broadcast pinned: each server on core 0, the load client on core 1 (per-core figures, median of {})\n", args.rounds);
+    println!("| subscribers × messages | server | deliveries/s | server CPU µs per delivery | client CPU µs per delivery | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    pin(true);
+    let mut ratios = Vec::new();
+    for &(subscribers, messages) in &sizes {
+        let mut runs = Vec::new();
+        for (name, start) in servers {
+            let run = broadcast_rounds(start, subscribers, messages, args.rounds).await;
+            println!(
+                "| {subscribers} × {messages} | {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                run.rate,
+                run.server_us,
+                run.client_us,
+                run.peak_rss_kib as f64 / 1024.0
+            );
+            runs.push(run);
+        }
+        ratios.push((subscribers, runs));
+    }
+    pin(false);
+    println!();
+    for (subscribers, runs) in &ratios {
+        for i in 1..servers.len() {
+            let unpinned_ratio = if *subscribers == args.subscribers {
+                format!(", {:.2}x unpinned", unpinned[0].1 / unpinned[i].1)
+            } else {
+                String::new()
+            };
+            println!(
+                "- {subscribers} subscribers, vs {}: {:.2}x pinned{unpinned_ratio}; peak RSS {:.2}x of theirs",
+                servers[i].0,
+                runs[0].rate / runs[i].rate,
+                runs[0].peak_rss_kib as f64 / runs[i].peak_rss_kib as f64
+            );
+        }
+    }
+}
+
+/// The slow-consumer runs' queue: small enough that a subscriber that never
+/// reads overflows it (1013) before its stalled write reaches
+/// `server.write_timeout_ms` (10 s), which would close it too.
+const SLOW_RUN_QUEUE: usize = 256;
+
+/// The slow-consumer runs' message size: large enough that a socket that
+/// is never read fills its kernel buffers (up to `tcp_wmem`'s 4 MiB) within
+/// a few hundred messages, so orapush's own limits are what the run tests.
+const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
 
 /// Fan-out latency for every server at two sizes, then slow consumers
 /// (orapush), pinned like the pinned broadcast.
@@ -822,56 +1037,91 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it (pinned)\n",
         args.fanout_rate, args.fanout_messages
     );
-    println!("| subscribers | server | p50 ms | p99 ms | max ms | client CPU µs per delivery |");
-    println!("|---|---|---|---|---|---|");
+    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery |");
+    println!("|---|---|---|---|---|---|---|");
     pin(true);
+    let mut distributions = Vec::new();
     for &n in &sizes {
+        let mut runs = Vec::new();
         for (name, start) in servers {
             let server = start();
             match fanout(&server, n, 0, args.fanout_messages, args.fanout_rate, BODY_BYTES).await {
                 Ok(run) => {
+                    runs.push((name.clone(), run.latencies.clone()));
                     let (p50, p99, max) = percentiles(run.latencies);
                     println!(
-                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} |",
-                        run.client_us_per_delivery
+                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} | {:.2} |",
+                        run.server_us_per_delivery, run.client_us_per_delivery
                     );
                 }
-                Err(why) => println!("| {n} | {name} | failed: {why} | | | |"),
+                Err(why) => println!("| {n} | {name} | failed: {why} | | | | |"),
             }
         }
+        distributions.push((n, runs));
+    }
+    println!();
+    for (n, runs) in &distributions {
+        charts::latency_distribution(
+            &args.charts.join(format!("fanout-{n}.svg")),
+            &format!("Fan-out: until the last of {n} subscribers has the message ({}/s)", args.fanout_rate),
+            runs,
+        );
     }
 
     let readers = args.subscribers - args.subscribers / 10;
     let slow = args.subscribers / 10;
     println!(
-        "\n## Slow consumers: {readers} reading subscribers, with and without {slow} that never read (orapush, {} messages at {}/s, pinned)\n",
+        "\n## Slow consumers: {readers} reading subscribers, with and without {slow} that never read (orapush, {} messages of {SLOW_RUN_BODY_BYTES} bytes at {}/s, `hub.subscriber_queue_size` = {SLOW_RUN_QUEUE}, pinned)\n",
         args.slow_messages, args.slow_rate
     );
+    // Runs without slow ones before and after the run with them, so the
+    // comparison is not with one lucky or unlucky run.
     let mut p99s = Vec::new();
-    for slow_ones in [0, slow] {
-        let server = (servers[0].1)();
-        let run =
-            match fanout(&server, readers, slow_ones, args.slow_messages, args.slow_rate, BODY_BYTES).await {
-                Ok(run) => run,
-                Err(why) => {
-                    println!("- {slow_ones} slow: failed: {why}");
-                    pin(false);
-                    return;
-                }
-            };
+    let mut slow_runs = Vec::new();
+    for (round, slow_ones) in [0, slow, 0].into_iter().enumerate() {
+        let queue = [("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE".to_string(), SLOW_RUN_QUEUE.to_string())];
+        let server = start_orapush_with(&args.orapush, &queue);
+        let run = match fanout(
+            &server,
+            readers,
+            slow_ones,
+            args.slow_messages,
+            args.slow_rate,
+            SLOW_RUN_BODY_BYTES,
+        )
+        .await
+        {
+            Ok(run) => run,
+            Err(why) => {
+                println!("- {slow_ones} slow: failed: {why}");
+                pin(false);
+                return;
+            }
+        };
         let closed = metric(server.port, "orapush_slow_consumers_disconnected_total");
+        let timed_out = metric(server.port, r#"orapush_limits_hit_total{limit="write_timeout"}"#);
+        if round < 2 {
+            slow_runs.push((format!("{readers} readers, {slow_ones} slow"), run.latencies.clone()));
+        }
         let (p50, p99, max) = percentiles(run.latencies);
         println!(
-            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; slow ones closed (1013): {closed}; peak RSS {:.1} MiB",
+            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; closed with 1013: {closed}, by the write timeout: {timed_out}; open at the end: {}; peak RSS {:.1} MiB",
+            run.connections_at_end,
             run.peak_rss_kib as f64 / 1024.0
         );
         p99s.push(p99);
     }
+    let without = (p99s[0] + p99s[2]) / 2.0;
     println!(
-        "- the readers' p99 with slow ones is {:.1}% of the p99 without (target ≤ 110%)",
-        100.0 * p99s[1] / p99s[0]
+        "- the readers' p99 with slow ones is {:.1}% of the mean p99 of the runs without (target ≤ 110%)",
+        100.0 * p99s[1] / without
     );
     pin(false);
+    charts::latency_distribution(
+        &args.charts.join("slow-consumers.svg"),
+        "Slow consumers: the reading subscribers' latency, with and without slow ones",
+        &slow_runs,
+    );
 }
 
 fn main() {
@@ -881,9 +1131,10 @@ fn main() {
         return oracle_target(OracleArgs::parse());
     }
     let args = Args::parse().quickened();
+    std::fs::create_dir_all(&args.charts).expect("create the charts directory (--charts)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     if let Some(minutes) = args.soak {
-        return runtime.block_on(soak(&args.orapush, minutes));
+        return runtime.block_on(soak(&args.orapush, minutes, &args.charts));
     }
     runtime.block_on(async {
         let mut servers: Vec<(String, StartServer)> = vec![
@@ -892,6 +1143,9 @@ fn main() {
         ];
         if let Some(dir) = args.node_ws.clone() {
             servers.push(("node-ws".into(), Box::new(move || start_node(&dir))));
+        }
+        if args.only_orapush {
+            servers.truncate(1);
         }
 
         println!("## Memory per idle connection ({} connections)\n", args.connections);
@@ -907,16 +1161,9 @@ fn main() {
         println!("\n## Broadcast: {} subscribers, {} messages of 100 bytes via POST /\n", args.subscribers, args.messages);
         let mut rates = Vec::new();
         for (name, start) in servers.iter().filter(|_| !args.skip_broadcast) {
-            let mut round_rates = Vec::new();
-            for _ in 0..args.rounds {
-                let server = start();
-                round_rates.push(broadcast(&server, args.subscribers, args.messages).await);
-            }
-            round_rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let median = round_rates[round_rates.len() / 2];
-            let all: Vec<String> = round_rates.iter().map(|r| format!("{r:.0}")).collect();
-            println!("- {name}: {median:.0} deliveries/s (median of {}: {})", args.rounds, all.join(", "));
-            rates.push((name.clone(), median));
+            let run = broadcast_rounds(start, args.subscribers, args.messages, args.rounds).await;
+            println!("- {name}: {:.0} deliveries/s (median of {})", run.rate, args.rounds);
+            rates.push((name.clone(), run.rate));
         }
 
         println!("\n## Ratios (orapush vs baseline, same run)\n");
@@ -933,36 +1180,20 @@ fn main() {
             );
         }
 
+        // Pinned, the load client has one core: it runs on one thread, as
+        // two workers on one core would only take turns.
+        let on_one_thread = |section: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>| {
+            tokio::task::block_in_place(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(section);
+            });
+        };
         if !args.skip_broadcast {
-            println!(
-                "\n## Broadcast pinned: each server on core 0, the load client on core 1 (per-core figures)\n"
-            );
-            pin(true);
-            let mut pinned = Vec::new();
-            for (name, start) in &servers {
-                let mut round_rates = Vec::new();
-                for _ in 0..args.rounds {
-                    let server = start();
-                    round_rates.push(broadcast(&server, args.subscribers, args.messages).await);
-                }
-                round_rates.sort_by(f64::total_cmp);
-                let median = round_rates[round_rates.len() / 2];
-                println!("- {name}: {median:.0} deliveries/s (median of {})", args.rounds);
-                pinned.push(median);
-            }
-            pin(false);
-            for i in 1..servers.len() {
-                println!(
-                    "- vs {}: {:.2}x pinned, {:.2}x unpinned",
-                    servers[i].0,
-                    pinned[0] / pinned[i],
-                    rates[0].1 / rates[i].1
-                );
-            }
+            on_one_thread(Box::pin(pinned_broadcast_section(&args, &servers, &rates)));
         }
 
         if args.fanout {
-            fanout_section(&args, &servers).await;
+            on_one_thread(Box::pin(fanout_section(&args, &servers)));
         }
 
         if args.skip_latency {
@@ -970,7 +1201,10 @@ fn main() {
         }
         let server = start_orapush(&args.orapush);
         let db = server._dir.as_ref().unwrap().path().join("bench.db");
-        let (p50, p99, max, n) = outbox_latency(&server, args.rate, args.latency_seconds, sqlite_inserter(db)).await;
+        let latencies = outbox_latency(&server, args.rate, args.latency_seconds, sqlite_inserter(db)).await;
+        let n = latencies.len();
+        let sqlite_latencies = latencies.clone();
+        let (p50, p99, max) = percentiles(latencies);
         // Idle: how often the drainer reads the outbox with nothing to do.
         let idle_window = Duration::from_secs(args.idle_seconds);
         let claims_before = metric(server.port, "orapush_outbox_claims_total");
@@ -982,19 +1216,33 @@ fn main() {
             args.rate,
             idle_window.as_secs()
         );
+        charts::latency_distribution(
+            &args.charts.join("sqlite-latency.svg"),
+            &format!("Insert→receive through the SQLite outbox, {} rows/s", args.rate),
+            &[("orapush, default configuration".to_string(), sqlite_latencies)],
+        );
 
         if args.skip_postgres {
             return;
         }
         println!("\n## Insert→receive through PostgreSQL with LISTEN/NOTIFY (each row its own transaction)\n");
+        let mut pg_latencies = Vec::new();
         for rate in [50, 500] {
             let scratch = PgScratch::new(&args.pg_url);
             let server = start_orapush_with(&args.orapush, &scratch.env(true));
             let inserter = pg_inserter(args.pg_url.clone(), scratch.schema.clone());
-            let (p50, p99, max, n) = outbox_latency(&server, rate, args.latency_seconds, inserter).await;
+            let latencies = outbox_latency(&server, rate, args.latency_seconds, inserter).await;
             drop(server);
+            pg_latencies.push((format!("{rate} rows/s"), latencies.clone()));
+            let n = latencies.len();
+            let (p50, p99, max) = percentiles(latencies);
             println!("- {rate} rows/s ({n} rows): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms");
         }
+        charts::latency_distribution(
+            &args.charts.join("postgres-latency.svg"),
+            "Insert→receive through PostgreSQL LISTEN/NOTIFY",
+            &pg_latencies,
+        );
         println!("\n## PostgreSQL backlog drained with no subscriber (batch 500)\n");
         for rows in [args.standard_backlog(), args.backlog] {
             let (rate, peak) = pg_backlog(&args.orapush, &args.pg_url, rows, &[]).await;
@@ -1012,7 +1260,9 @@ fn main() {
             }
             let server = start_orapush_with(&args.orapush, &env);
             let inserter = pg_inserter(args.pg_url.clone(), scratch.schema.clone());
-            let (p50, p99, max, n) = outbox_latency(&server, 500, args.latency_seconds, inserter).await;
+            let latencies = outbox_latency(&server, 500, args.latency_seconds, inserter).await;
+            let n = latencies.len();
+            let (p50, p99, max) = percentiles(latencies);
             drop(server);
             println!("- {broker}: 500 rows/s ({n} rows): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms");
             p50s.push(p50);
@@ -1072,6 +1322,13 @@ struct OracleArgs {
     /// The drain lock the backlog mode holds while it fills the outbox.
     #[arg(long, default_value = "orapush:ORAPUSH.ORAPUSH_OUTBOX")]
     lock_name: String,
+    /// Where the SVG charts go (latency distributions, the soak's RSS).
+    #[arg(long, default_value = "target/bench-charts")]
+    charts: PathBuf,
+    /// Measure orapush alone, without the node.js baselines (for profiling;
+    /// no ratios).
+    #[arg(long)]
+    only_orapush: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
