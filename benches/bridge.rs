@@ -1180,11 +1180,14 @@ fn main() {
             );
         }
 
-        // Pinned, the load client has one core: it runs on one thread, as
-        // two workers on one core would only take turns.
+        // Pinned, the load client has one core. Its readers run on one
+        // worker thread (two workers on one core would only take turns) and
+        // the publisher (the section itself) on this thread: like a
+        // database, it is not queued behind the readers' tasks.
         let on_one_thread = |section: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>| {
             tokio::task::block_in_place(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let runtime =
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
                 runtime.block_on(section);
             });
         };

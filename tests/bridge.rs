@@ -229,6 +229,17 @@ async fn dead_letters_do_not_block() {
     server.stop().await.unwrap();
 }
 
+/// `POST /api/publish` of `data` to the channel `feed`, which must succeed.
+async fn publish_to_feed(http: &reqwest::Client, server: &Server, data: &serde_json::Value) {
+    let r = http
+        .post(server.url("/api/publish"))
+        .json(&json!({"channel": "feed", "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "publish: {}", r.status());
+}
+
 /// A subscriber that stops reading is closed with 1013 once its queue is full; another on the same channel gets everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_disconnected_alone() {
@@ -250,13 +261,7 @@ async fn slow_subscriber_is_disconnected_alone() {
         (fast, offsets)
     });
     for _ in 0..total {
-        let r = http
-            .post(server.url("/api/publish"))
-            .json(&json!({"channel": "feed", "data": payload}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        publish_to_feed(&http, &server, &payload).await;
     }
     let (mut fast, offsets) =
         tokio::time::timeout(PATIENCE, reader).await.expect("fast reader done").unwrap();
@@ -284,13 +289,7 @@ async fn a_stalled_write_ends_the_connection_and_is_counted() {
     let mut published = 0;
     while !http_body(server.addr, "/metrics").unwrap_or_default().contains(counted) {
         assert!(published < 600, "no write stalled after {published} messages of 60 KB");
-        let r = http
-            .post(server.url("/api/publish"))
-            .json(&json!({"channel": "feed", "data": payload}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        publish_to_feed(&http, &server, &payload).await;
         published += 1;
     }
     wait_for_metric(server.addr, "orapush_connections 0").await;

@@ -30,14 +30,19 @@ pub fn latency_distribution(path: &Path, title: &str, series: &[(String, Vec<f64
     }
     let smallest = sorted.iter().map(|(_, v)| v[0]).fold(f64::INFINITY, f64::min).max(0.01);
     let largest = sorted.iter().map(|(_, v)| v[v.len() - 1]).fold(0.0, f64::max).max(smallest * 2.0);
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = sorted
+        .iter()
+        .map(|(name, values)| {
+            let n = values.len() as f64;
+            (
+                *name,
+                values.iter().enumerate().map(|(k, &ms)| (ms.max(smallest), (k + 1) as f64 / n)).collect(),
+            )
+        })
+        .collect();
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
+        let mut chart = builder(&root, title)?
             .build_cartesian_2d((decade_below(smallest)..decade_above(largest)).log_scale(), 0.0..1.0)?;
         chart
             .configure_mesh()
@@ -47,22 +52,7 @@ pub fn latency_distribution(path: &Path, title: &str, series: &[(String, Vec<f64
             .y_desc("share of messages")
             .y_label_formatter(&|share| format!("{:.0}%", share * 100.0))
             .draw()?;
-        for (i, (name, values)) in sorted.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let n = values.len() as f64;
-            let points = values.iter().enumerate().map(|(k, &ms)| (ms.max(smallest), (k + 1) as f64 / n));
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
+        draw_lines(&root, chart, lines)
     })();
     report(path, result);
 }
@@ -85,32 +75,48 @@ pub fn over_time(path: &Path, title: &str, y_desc: &str, series: &[(String, Vec<
     }
     let last_minute = points.iter().map(|p| p.0).fold(1.0, f64::max);
     let top = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let lines: Vec<(&str, Vec<(f64, f64)>)> =
+        series.iter().map(|(name, p)| (name.as_str(), p.clone())).collect();
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..last_minute, 0.0..top)?;
+        let mut chart = builder(&root, title)?.build_cartesian_2d(0.0..last_minute, 0.0..top)?;
         chart.configure_mesh().x_desc("minutes").y_desc(y_desc).draw()?;
-        for (i, (name, values)) in series.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            chart
-                .draw_series(LineSeries::new(values.iter().copied(), colour.stroke_width(2)))?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
+        draw_lines(&root, chart, lines)
     })();
     report(path, result);
+}
+
+/// A white chart area with the title and room for the axis labels.
+fn builder<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &'b str,
+) -> Result<ChartBuilder<'a, 'b, SVGBackend<'b>>, Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(56);
+    Ok(builder)
+}
+
+/// Draws each series as a line in its colour, with a legend, and writes the file.
+fn draw_lines<'a, 'b: 'a, CT>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    mut chart: ChartContext<'a, SVGBackend<'b>, CT>,
+    lines: Vec<(&str, Vec<CT::From>)>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    CT: CoordTranslate,
+    CT::From: Clone + 'static,
+{
+    for (i, (name, points)) in lines.into_iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
 }
 
 /// Says where the chart went, or why it is missing (a chart never fails the bench).
