@@ -77,14 +77,14 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     fanout_messages: usize,
     /// Fan-out messages per second.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     fanout_rate: u64,
     /// Messages of the slow-consumer runs (enough to fill a socket's
     /// buffers and then the queue).
     #[arg(long, default_value_t = 1_500)]
     slow_messages: usize,
     /// Messages per second of the slow-consumer runs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     slow_rate: u64,
     /// Skip the PostgreSQL measurements.
     #[arg(long)]
@@ -474,6 +474,20 @@ struct Broadcast {
     peak_rss_kib: u64,
 }
 
+/// The kernel's count of TCP retransmission timeouts (`TcpExt:
+/// TCPTimeouts` in /proc/net/netstat), 0 where it cannot be read.
+fn tcp_timeouts() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPTimeouts")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A process's CPU time so far (user + system, every thread), in µs.
 fn process_cpu_micros(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -489,6 +503,12 @@ fn process_cpu_micros(pid: u32) -> u64 {
 struct RssSampler {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 impl RssSampler {
@@ -531,6 +551,8 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> Broa
             if done.fetch_add(1, Ordering::SeqCst) + 1 == subscribers {
                 all_done.notify_one();
             }
+            // Kept open until the run's CPU time is read: closing is not delivering.
+            stream
         }));
     }
     let http = reqwest::Client::new();
@@ -574,6 +596,10 @@ struct Fanout {
     client_us_per_delivery: f64,
     /// The server's CPU time per delivery, in µs.
     server_us_per_delivery: f64,
+    /// TCP retransmission timeouts the kernel counted during the run
+    /// (system-wide `TcpExt: TCPTimeouts`; on loopback nothing is lost, so
+    /// each is an ACK later than the minimum RTO).
+    rto_timeouts: u64,
     /// The server's open connections once every reader had every message
     /// (the slow ones still count while the server keeps them).
     connections_at_end: f64,
@@ -622,7 +648,7 @@ async fn fanout(
                     // The server dropped a reader: the run has no figure.
                     lost.fetch_add(1, Ordering::SeqCst);
                     all_done.notify_one();
-                    return;
+                    return None;
                 }
                 for k in before..counter.count.min(messages) {
                     if arrived[k].fetch_add(1, Ordering::SeqCst) + 1 == readers {
@@ -633,6 +659,8 @@ async fn fanout(
                     }
                 }
             }
+            // Kept open until the run's CPU time is read: closing is not delivering.
+            Some(stream)
         }));
     }
     let http = reqwest::Client::new();
@@ -649,6 +677,7 @@ async fn fanout(
     let body = frame(&"x".repeat(body_bytes - frame("").len()));
     let cpu_before = cpu_micros();
     let server_cpu_before = process_cpu_micros(server.child.id());
+    let rto_before = tcp_timeouts();
     let mut peak = rss_kib(server.child.id());
     let mut sent_at = Vec::with_capacity(messages);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
@@ -662,6 +691,7 @@ async fn fanout(
     }
     let _ = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
     let client_us = (cpu_micros() - cpu_before) as f64;
+    let rto_timeouts = tcp_timeouts().saturating_sub(rto_before);
     let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
     let lost = lost.load(Ordering::SeqCst);
     let incomplete = done_at.iter().filter(|d| d.load(Ordering::SeqCst) == 0).count();
@@ -686,6 +716,7 @@ async fn fanout(
         latencies,
         client_us_per_delivery: client_us / (readers * messages) as f64,
         server_us_per_delivery: server_us / (readers * messages) as f64,
+        rto_timeouts,
         connections_at_end,
         peak_rss_kib: peak,
     })
@@ -1037,8 +1068,8 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it (pinned)\n",
         args.fanout_rate, args.fanout_messages
     );
-    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery | TCP retransmission timeouts |");
+    println!("|---|---|---|---|---|---|---|---|");
     pin(true);
     let mut distributions = Vec::new();
     for &n in &sizes {
@@ -1050,11 +1081,11 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
                     runs.push((name.clone(), run.latencies.clone()));
                     let (p50, p99, max) = percentiles(run.latencies);
                     println!(
-                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} | {:.2} |",
-                        run.server_us_per_delivery, run.client_us_per_delivery
+                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} | {:.2} | {} |",
+                        run.server_us_per_delivery, run.client_us_per_delivery, run.rto_timeouts
                     );
                 }
-                Err(why) => println!("| {n} | {name} | failed: {why} | | | | |"),
+                Err(why) => println!("| {n} | {name} | failed: {why} | | | | | |"),
             }
         }
         distributions.push((n, runs));
@@ -1182,8 +1213,8 @@ fn main() {
 
         // Pinned, the load client has one core. Its readers run on one
         // worker thread (two workers on one core would only take turns) and
-        // the publisher (the section itself) on this thread: like a
-        // database, it is not queued behind the readers' tasks.
+        // the POST loop (the section itself) on this thread; the HTTP
+        // client's connection I/O still runs on the worker.
         let on_one_thread = |section: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>| {
             tokio::task::block_in_place(|| {
                 let runtime =

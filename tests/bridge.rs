@@ -284,14 +284,13 @@ async fn a_stalled_write_ends_the_connection_and_is_counted() {
     let payload = json!({ "blob": "z".repeat(60_000) });
     let http = reqwest::Client::new();
     let counted = r#"orapush_limits_hit_total{limit="write_timeout"} 1"#;
-    // 60 KB messages until the kernel buffers are full and a write stalls;
-    // far fewer than the queue's 1,024 frames.
-    let mut published = 0;
-    while !http_body(server.addr, "/metrics").unwrap_or_default().contains(counted) {
-        assert!(published < 600, "no write stalled after {published} messages of 60 KB");
+    // 300 messages of 60 KB (18 MB) are more than the kernel buffers of a
+    // socket that is never read hold, and fewer than the queue's 1,024
+    // frames, so the write stalls and the queue never overflows.
+    for _ in 0..300 {
         publish_to_feed(&http, &server, &payload).await;
-        published += 1;
     }
+    wait_for_metric(server.addr, counted).await;
     wait_for_metric(server.addr, "orapush_connections 0").await;
     let metrics = http_body(server.addr, "/metrics").unwrap();
     assert!(metrics.contains("orapush_slow_consumers_disconnected_total 0"), "{metrics}");
