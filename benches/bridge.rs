@@ -678,7 +678,7 @@ async fn fanout(
     let cpu_before = cpu_micros();
     let server_cpu_before = process_cpu_micros(server.child.id());
     let rto_before = tcp_timeouts();
-    let mut peak = rss_kib(server.child.id());
+    let rss = RssSampler::start(server.child.id());
     let mut sent_at = Vec::with_capacity(messages);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -687,7 +687,6 @@ async fn fanout(
         sent_at.push(start.elapsed().as_micros() as u64);
         let r = http.post(&url).body(body.clone()).send().await.unwrap();
         assert!(r.status().is_success());
-        peak = peak.max(rss_kib(server.child.id()));
     }
     let _ = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
     let client_us = (cpu_micros() - cpu_before) as f64;
@@ -703,7 +702,7 @@ async fn fanout(
             "{lost} readers lost their connection, {incomplete} messages never reached every reader"
         ));
     }
-    peak = peak.max(rss_kib(server.child.id()));
+    let peak_rss_kib = rss.peak();
     let connections_at_end = metric(server.port, "orapush_connections ");
     for t in tasks {
         t.abort();
@@ -718,7 +717,7 @@ async fn fanout(
         server_us_per_delivery: server_us / (readers * messages) as f64,
         rto_timeouts,
         connections_at_end,
-        peak_rss_kib: peak,
+        peak_rss_kib,
     })
 }
 
@@ -1109,8 +1108,8 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
     // comparison is not with one lucky or unlucky run.
     let mut p99s = Vec::new();
     let mut slow_runs = Vec::new();
+    let queue = [("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE".to_string(), SLOW_RUN_QUEUE.to_string())];
     for (round, slow_ones) in [0, slow, 0].into_iter().enumerate() {
-        let queue = [("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE".to_string(), SLOW_RUN_QUEUE.to_string())];
         let server = start_orapush_with(&args.orapush, &queue);
         let run = match fanout(
             &server,
