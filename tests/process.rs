@@ -425,9 +425,12 @@ async fn shutdown_keeps_its_deadline_with_a_client_that_reads_nothing() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// The process's anonymous resident memory (heap and stacks): what it
+/// allocates and gives back. Its file-backed pages (code, SQLite's shared
+/// memory) are left out; they stay paged in and vary with the machine's load.
+fn anon_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -469,7 +472,7 @@ async fn recovery_survives_a_graceful_restart_but_not_a_crash() {
     }
 }
 
-/// Many channels (50,000 here; 200,000 measured by hand, see BENCHMARKS.md) with one message each: after hub.history_ttl_s the channel and history gauges fall to 0 and the RSS comes back within 20% of where it started.
+/// Many channels (50,000 here; 200,000 measured by hand, see BENCHMARKS.md) with one message each: after hub.history_ttl_s the channel and history gauges fall to 0 and at least 90% of the anonymous RSS (the heap) they took comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_of_many_channels_expires_and_memory_comes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -484,13 +487,13 @@ async fn history_of_many_channels_expires_and_memory_comes_back() {
     insert(&db, &warm_up);
     wait_until("the warm-up is drained", || outbox_count(&db) == 0).await;
     wait_for_metric(server.addr, "orapush_hub_channels 0").await;
-    let before = rss_kib(server.pid());
+    let before = anon_rss_kib(server.pid());
     let rows: Vec<(String, &str)> = (0..50_000).map(|i| (format!("user.{i}"), payload.as_str())).collect();
     let borrowed: Vec<(&str, &str)> = rows.iter().map(|(c, p)| (c.as_str(), *p)).collect();
     insert(&db, &borrowed);
     let mut peak = before;
     wait_until("all rows are drained", || {
-        peak = peak.max(rss_kib(server.pid()));
+        peak = peak.max(anon_rss_kib(server.pid()));
         outbox_count(&db) == 0
     })
     .await;
@@ -499,19 +502,19 @@ async fn history_of_many_channels_expires_and_memory_comes_back() {
     assert!(peak > before + 20_000, "the channels never took memory: {before} -> {peak} KiB");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let after = loop {
-        let now = rss_kib(server.pid());
-        if (now as f64) <= before as f64 * 1.2 {
+        // Given back: at least 90% of what the channels took.
+        let now = anon_rss_kib(server.pid());
+        if now <= before + (peak - before) / 10 {
             break now;
         }
-        let anon = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-        let anon = anon.lines().find(|l| l.starts_with("RssAnon:")).unwrap_or_default().to_string();
         assert!(
             tokio::time::Instant::now() < deadline,
-            "RSS {now} KiB ({anon}) is not back within 20% of {before} KiB (peak {peak} KiB)"
+            "anonymous RSS {now} KiB: less than 90% of the {} KiB the channels took came back (start {before} KiB, peak {peak} KiB)",
+            peak - before
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    eprintln!("RSS: {before} KiB at start, {peak} KiB at the peak, {after} KiB after the TTL");
+    eprintln!("anonymous RSS: {before} KiB at start, {peak} KiB at the peak, {after} KiB after the TTL");
 }
 
 /// Channel state saved by a stopped instance is not resumed once another instance drained after it: a client is never told it recovered a message it missed.
