@@ -35,23 +35,26 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 use crate::config::{HubSettings, UserCase};
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
+use crate::wire::WireFrame;
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
 
 /// One frame on its way to one connection.
 pub struct Outgoing {
-    pub frame: Utf8Bytes,
+    /// The complete frame, encoded once and shared with every other
+    /// connection it goes to.
+    pub frame: WireFrame,
     /// Held until the frame has been written to the socket (see [`Receipt`]).
     pub receipt: Option<Receipt>,
 }
@@ -123,7 +126,7 @@ struct Fanout<'a> {
     channel: &'a str,
     /// A remote frame's offset, checked against each subscriber's floor.
     offset: Option<u64>,
-    frame: &'a Utf8Bytes,
+    frame: &'a WireFrame,
     /// The message's `data` alone, for legacy `/` connections.
     data: Option<&'a str>,
     target: Option<&'a str>,
@@ -378,7 +381,7 @@ impl Hub {
         let out = Fanout {
             channel: &msg.channel,
             offset: None,
-            frame: &frame,
+            frame: &WireFrame::text(&frame),
             data: Some(msg.data.get()),
             target,
             receipt,
@@ -697,7 +700,7 @@ impl Hub {
         let out = Fanout {
             channel: frame.channel,
             offset: Some(frame.offset),
-            frame: &bytes,
+            frame: &WireFrame::text(frame.frame),
             data: frame.data,
             target,
             receipt: None,
@@ -733,7 +736,7 @@ impl Hub {
         if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
             return delivered;
         }
-        let bare: Utf8Bytes = data.into();
+        let bare = WireFrame::text(data);
         legacy.retain(|_, sub| {
             let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
             if !permitted || !may_receive(sub, out.target) {
@@ -761,7 +764,7 @@ impl Hub {
             pending.reset = true;
             pending.frames.clear();
         }
-        let notice: Utf8Bytes = crate::ws::protocol::subscribed(
+        let notice = WireFrame::text(&crate::ws::protocol::subscribed(
             channel_name,
             &Subscribed {
                 epoch: epoch.to_owned(),
@@ -769,8 +772,7 @@ impl Hub {
                 recovered: false,
                 replay: Vec::new(),
             },
-        )
-        .into();
+        ));
         channel.subscribers.retain(|_, sub| {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
@@ -931,7 +933,7 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
-fn deliver(sub: &Subscriber, frame: &Utf8Bytes, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
+fn deliver(sub: &Subscriber, frame: &WireFrame, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
     let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
     match sub.tx.try_send(outgoing) {
         Ok(()) => {
@@ -1023,7 +1025,7 @@ mod tests {
         h.subscribe("emp", sub, None).unwrap();
         h.publish(&msg("emp", r#"{"message":"REFRESH"}"#), None);
         let out = rx.try_recv().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out.frame).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.frame.payload_str()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"message","channel":"emp","epoch":h.epoch_of("emp").unwrap(),"offset":1,"id":"1","data":{"message":"REFRESH"}})
@@ -1300,7 +1302,7 @@ mod tests {
         }
         let mut frames = Vec::new();
         while let Some(out) = rx.try_recv() {
-            frames.push(serde_json::from_str::<serde_json::Value>(&out.frame).unwrap());
+            frames.push(serde_json::from_str::<serde_json::Value>(out.frame.payload_str()).unwrap());
         }
         assert_eq!(frames[0]["type"], "subscribed");
         assert_eq!(frames[0]["recovered"], false);

@@ -24,6 +24,7 @@
 //! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
 //! | [`hub`] | channel → subscribers, offsets under an epoch, history, overflow policy |
 //! | [`queue`] | a connection's bounded frame queue, empty of memory while idle |
+//! | [`wire`] | a server frame encoded once (header and payload) and shared by every connection |
 //! | [`ws`] | upgrade and Origin check, the session loop, the protocol frames and close codes |
 //! | [`http`] | routes: health, readiness, metrics, publish, static client and demo page |
 //! | [`listener`] | the accept loop: TLS, handshake timeout, peer address, graceful stop |
@@ -45,6 +46,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod subscribe;
+pub mod wire;
 pub mod ws;
 
 pub use server::run;

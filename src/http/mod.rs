@@ -7,7 +7,6 @@ mod health;
 mod publish;
 mod status;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
@@ -17,6 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::state::AppState;
+use crate::ws::upgrade::{WsUpgrade, WsUpgradeRejection};
 use crate::ws::{self, session::Mode};
 
 pub fn router(state: AppState) -> Router {
@@ -43,7 +43,7 @@ async fn root(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, WsUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => ws::upgrade(&state, upgrade, &headers, peer, query.as_deref(), Mode::Legacy),
@@ -57,7 +57,7 @@ async fn ws_endpoint(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     let auto_subscribe = ws::channels_from_query(query.as_deref());
     ws::upgrade(&state, upgrade, &headers, peer, query.as_deref(), Mode::Protocol { auto_subscribe })

@@ -7,27 +7,32 @@
 
 pub mod protocol;
 pub mod session;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use tungstenite::protocol::WebSocketConfig;
+
 use crate::state::AppState;
 use session::Mode;
+use upgrade::WsUpgrade;
 
-/// Bytes tungstenite gathers before it writes to the socket.
+/// Bytes tungstenite gathers before it writes to the socket. Only the
+/// session's own frames (replies, replays, pings, close) go through it; the
+/// hub's frames are written from their shared bytes (see `session`).
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Upgrades the request and runs the session.
 pub fn upgrade(
     state: &AppState,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     headers: &HeaderMap,
     peer: SocketAddr,
     query: Option<&str>,
@@ -63,21 +68,21 @@ pub fn upgrade(
     let conn = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let ctx = state.session.clone();
     let tracker = state.tracker.clone();
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(settings.read_buffer_bytes)
-        // Queued frames are flushed together once the queue is empty; a
-        // small buffer still batches them into few syscalls, and an idle
+        // Replies and replays are flushed together once written; a small
+        // buffer still batches them into few syscalls, and an idle
         // connection never allocates it.
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(settings.max_message_bytes * 4 + 64 * 1024)
-        .max_message_size(settings.max_message_bytes)
-        .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                let _slot = slot;
-                session::run(socket, conn, peer, mode, identity, ctx).await;
-            })
+        .max_message_size(Some(settings.max_message_bytes))
+        .max_frame_size(Some(settings.max_message_bytes));
+    upgrade.on_upgrade(config, move |socket| {
+        tracker.track_future(async move {
+            let _slot = slot;
+            session::run(socket, conn, peer, mode, identity, ctx).await;
         })
+    })
 }
 
 /// False when `server.allowed_origins` is set and the Origin is not in it.

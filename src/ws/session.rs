@@ -5,11 +5,17 @@
 //! client's frames and a ping tick. The read half is polled in the same
 //! loop, so pongs and close replies flush; tungstenite answers pings itself.
 //!
-//! Writes batch whatever is queued (up to [`WRITE_BATCH`] frames) into one
-//! flush. Most writes complete on their first poll; a write the socket does
-//! not take at once is bounded by `server.write_timeout_ms` and abandoned if
-//! the hub cancels the connection, so a peer that stopped reading cannot pin
-//! this task.
+//! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
+//! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
+//! those bytes with vectored writes, so a burst costs one `writev` per
+//! batch, no copy and no write buffer of its own. Its own frames (replies,
+//! replays, pings, close) go through tungstenite, whose buffer is flushed
+//! before each batch, so frames never interleave. Most writes complete on
+//! their first poll; a write the socket does not take at once is bounded by
+//! `server.write_timeout_ms` and abandoned if the hub cancels the
+//! connection, so a peer that stopped reading cannot pin this task. A frame
+//! left half-written by a cancel is finished before the close frame; after
+//! a failed or timed-out write nothing more is written.
 //!
 //! Limits per connection: `server.max_subscriptions_per_connection`
 //! (refused with an error frame), `server.max_frames_per_second` (a token
@@ -18,19 +24,23 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::protocol::{self, close, ClientFrame, ProtocolError};
+use super::upgrade::Socket;
 use crate::auth::{now_unix, Access, Identity};
 use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
@@ -94,7 +104,12 @@ struct Session {
     conn: ConnId,
     /// The client's address, for the logs.
     peer: SocketAddr,
-    sink: SplitSink<WebSocket, WsMessage>,
+    socket: Socket,
+    /// The unwritten end of a frame a cancelled write left half-sent: it
+    /// must go out before anything else, or the stream is corrupt.
+    torn: Option<Bytes>,
+    /// A write failed or timed out: nothing more is written.
+    broken: bool,
     subscriber: Subscriber,
     channels: HashSet<String>,
     identity: Option<Identity>,
@@ -106,7 +121,7 @@ struct Session {
 
 /// Runs the connection until either side closes it.
 pub async fn run(
-    socket: WebSocket,
+    socket: Socket,
     conn: ConnId,
     peer: SocketAddr,
     mode: Mode,
@@ -114,7 +129,6 @@ pub async fn run(
     ctx: Arc<SessionContext>,
 ) {
     ctx.metrics.connections.inc();
-    let (sink, stream) = socket.split();
     let (tx, rx) = frame_queue(ctx.config.queue_size);
     let permits = match mode {
         Mode::Legacy => ctx.access.permits(identity.as_ref()).map(Arc::from),
@@ -126,7 +140,9 @@ pub async fn run(
     let mut session = Session {
         conn,
         peer,
-        sink,
+        socket,
+        torn: None,
+        broken: false,
         subscriber,
         channels: HashSet::new(),
         identity,
@@ -134,7 +150,7 @@ pub async fn run(
         frame_tokens,
         refilled: Instant::now(),
     };
-    session.serve(mode, stream, rx).await;
+    session.serve(mode, rx).await;
     ctx.hub.remove_connection(conn, session.channels.iter().map(String::as_str));
     ctx.metrics.connections.dec();
 }
@@ -148,12 +164,7 @@ fn expiry_deadline(identity: Option<&Identity>) -> Instant {
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mode: Mode,
-        mut stream: SplitStream<WebSocket>,
-        mut rx: QueueReceiver<Outgoing>,
-    ) {
+    async fn serve(&mut self, mode: Mode, mut rx: QueueReceiver<Outgoing>) {
         let legacy = matches!(mode, Mode::Legacy);
         match mode {
             Mode::Legacy => {
@@ -205,7 +216,7 @@ impl Session {
                     WriteEnd::Failed => break None,
                     WriteEnd::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
                 },
-                incoming = stream.next() => {
+                incoming = self.socket.next() => {
                     last_heard = Instant::now();
                     let message = match incoming {
                         None => break None,
@@ -214,7 +225,8 @@ impl Session {
                     };
                     let next = match message {
                         WsMessage::Close(_) => Next::Gone,
-                        WsMessage::Ping(_) | WsMessage::Pong(_) => Next::Continue,
+                        // (Raw frames are only ever sent, never read.)
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Next::Continue,
                         _ if !self.take_frame_token() => {
                             self.ctx.metrics.limit_hit("frame_rate");
                             let e = ProtocolError::new("rate_limited", "more than server.max_frames_per_second frames");
@@ -247,26 +259,50 @@ impl Session {
             }
         };
         if let Some((code, reason)) = close_with {
-            debug!(conn = self.conn, code, reason, "closing connection");
-            let frame = WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }));
-            let _ = tokio::time::timeout(config.write_timeout, self.sink.send(frame)).await;
-            // Read (and drop) what the client still sends, up to its close
-            // reply: a socket closed with unread bytes sends a reset, which
-            // can destroy our error and close frames before the client reads
-            // them (a flooding client would see 1006 instead of 1008).
-            let drain = async {
-                while let Some(Ok(message)) = stream.next().await {
-                    if matches!(message, WsMessage::Close(_)) {
-                        break;
-                    }
-                }
+            self.close(code, reason, skips_close_drain(code)).await;
+        }
+        if !self.broken {
+            let _ = tokio::time::timeout(config.write_timeout, self.socket.close(None)).await;
+        }
+    }
+
+    /// Sends the close frame (after the end of a half-written frame, if a
+    /// cancel left one) and reads what the client still sends, up to its
+    /// close reply, unless `skip_drain`.
+    async fn close(&mut self, code: u16, reason: &'static str, skip_drain: bool) {
+        debug!(conn = self.conn, code, reason, "closing connection");
+        let timeout = self.ctx.config.write_timeout;
+        if let Some(rest) = self.torn.take() {
+            let finish = async {
+                self.socket.get_mut().write_all(&rest).await?;
+                self.socket.get_mut().flush().await
             };
-            // (Not on shutdown: the process is going away and has its own deadline.)
-            if code != close::GOING_AWAY {
-                let _ = tokio::time::timeout(CLOSE_DRAIN.min(config.write_timeout), drain).await;
+            if !matches!(tokio::time::timeout(timeout, finish).await, Ok(Ok(()))) {
+                self.broken = true;
             }
         }
-        let _ = tokio::time::timeout(config.write_timeout, self.sink.close()).await;
+        if self.broken {
+            return;
+        }
+        let frame =
+            WsMessage::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }));
+        let _ = tokio::time::timeout(timeout, self.socket.send(frame)).await;
+        // Read (and drop) what the client still sends, up to its close
+        // reply: a socket closed with unread bytes sends a reset, which
+        // can destroy our error and close frames before the client reads
+        // them (a flooding client would see 1006 instead of 1008).
+        if skip_drain {
+            return;
+        }
+        let socket = &mut self.socket;
+        let drain = async {
+            while let Some(Ok(message)) = socket.next().await {
+                if matches!(message, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN.min(timeout), drain).await;
     }
 
     /// One token per client data frame; refills at `max_frames_per_second`.
@@ -284,46 +320,50 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is queued, then flushes. The
-    /// receipts are released only after the flush.
+    /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]
+    /// frames) from their shared bytes. The receipts are released only once
+    /// the socket has taken every byte.
     async fn write_queued(&mut self, first: Outgoing, rx: &mut QueueReceiver<Outgoing>) -> WriteEnd {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Some(out) => batch.push(out),
+                None => break,
+            }
+        }
         let timeout = self.ctx.config.write_timeout;
         let conn = self.conn;
         let kick = &self.subscriber.kick;
-        let sink = &mut self.sink;
-        let write = async move {
-            let mut receipts = Vec::with_capacity(WRITE_BATCH);
-            let mut next = Some(first);
-            while let Some(out) = next.take() {
-                sink.feed(WsMessage::Text(out.frame)).await?;
-                receipts.push(out.receipt);
-                if receipts.len() < WRITE_BATCH {
-                    next = rx.try_recv();
-                }
+        let mut written = 0;
+        let result = {
+            let write = write_frames(&mut self.socket, &batch, &mut written);
+            tokio::pin!(write);
+            let first_poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first_poll {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => tokio::select! {
+                    biased;
+                    _ = kick.cancelled() => Err(WriteEnd::Kicked),
+                    result = tokio::time::timeout(timeout, write) => result.map_err(|_| WriteEnd::Failed),
+                },
             }
-            sink.flush().await?;
-            drop(receipts);
-            Ok::<(), axum::Error>(())
-        };
-        tokio::pin!(write);
-        let first_poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-        let result = match first_poll {
-            Poll::Ready(result) => Ok(result),
-            Poll::Pending => tokio::select! {
-                biased;
-                _ = kick.cancelled() => return WriteEnd::Kicked,
-                result = tokio::time::timeout(timeout, write) => result,
-            },
         };
         match result {
             Ok(Ok(())) => WriteEnd::Written,
             Ok(Err(e)) => {
                 debug!(conn, error = %e, "write failed");
+                self.broken = true;
                 WriteEnd::Failed
+            }
+            Err(WriteEnd::Kicked) => {
+                self.torn = torn_rest(&batch, written);
+                WriteEnd::Kicked
             }
             Err(_) => {
                 debug!(conn, "write timed out");
                 self.ctx.metrics.limit_hit("write_timeout");
+                self.broken = true;
                 WriteEnd::Failed
             }
         }
@@ -494,26 +534,95 @@ impl Session {
 
     /// Writes frames directly (ahead of the queue), bounded by the write timeout.
     async fn send_now(&mut self, frames: Vec<WsMessage>) -> bool {
-        let sink = &mut self.sink;
+        let socket = &mut self.socket;
         let write = async move {
             for frame in frames {
-                sink.feed(frame).await?;
+                socket.feed(frame).await?;
             }
-            sink.flush().await
+            socket.flush().await
         };
         matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())))
     }
 }
 
-/// The RFC 6455 close code for a failed read, if the peer is still there.
-fn read_error_close(e: axum::Error) -> Option<(u16, &'static str)> {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => {
-            Some((close::TOO_BIG, "frame exceeds server.max_message_bytes"))
+/// Writes a batch of pre-encoded frames: first whatever tungstenite still
+/// holds (a pong, the end of a reply), then the frames' shared bytes with
+/// vectored writes. `written` counts the batch's bytes the socket took, so
+/// a cancelled write knows where it stopped.
+async fn write_frames(socket: &mut Socket, batch: &[Outgoing], written: &mut usize) -> io::Result<()> {
+    socket.flush().await.map_err(io::Error::other)?;
+    let io = socket.get_mut();
+    let total: usize = batch.iter().map(|out| out.frame.len()).sum();
+    let mut slices = Vec::with_capacity(batch.len());
+    while *written < total {
+        slices.clear();
+        let mut skip = *written;
+        for out in batch {
+            let bytes = out.frame.bytes();
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+                continue;
+            }
+            slices.push(IoSlice::new(&bytes[skip..]));
+            skip = 0;
         }
-        Some(tungstenite::Error::Protocol(_)) => Some((close::PROTOCOL_ERROR, "protocol error")),
-        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "text frame is not UTF-8")),
+        match io.write_vectored(&slices).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => *written += n,
+        }
+    }
+    io.flush().await
+}
+
+/// The unwritten end of the frame a write stopped inside, if it stopped
+/// inside one (`written` bytes of `batch` went out).
+fn torn_rest(batch: &[Outgoing], written: usize) -> Option<Bytes> {
+    let mut start = 0;
+    for out in batch {
+        let end = start + out.frame.len();
+        if written < end {
+            return (written > start).then(|| out.frame.bytes().slice(written - start..));
+        }
+        start = end;
+    }
+    None
+}
+
+/// On shutdown the process is going away with its own deadline: the close
+/// frame is sent but the client's reply is not waited for.
+fn skips_close_drain(code: u16) -> bool {
+    code == close::GOING_AWAY
+}
+
+/// The RFC 6455 close code for a failed read, if the peer is still there.
+fn read_error_close(e: tungstenite::Error) -> Option<(u16, &'static str)> {
+    match e {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "frame exceeds server.max_message_bytes")),
+        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        tungstenite::Error::Utf8(_) => Some((close::INVALID_DATA, "text frame is not UTF-8")),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WireFrame;
+
+    fn batch(texts: &[&str]) -> Vec<Outgoing> {
+        texts.iter().map(|t| Outgoing { frame: WireFrame::text(t), receipt: None }).collect()
+    }
+
+    /// A write that stopped inside a frame leaves that frame's end to
+    /// send; one that stopped between frames leaves nothing.
+    #[test]
+    fn the_torn_rest_is_the_end_of_the_frame_a_write_stopped_in() {
+        let frames = batch(&["abc", "defgh"]); // 5 and 7 bytes on the wire
+        assert_eq!(torn_rest(&frames, 0), None);
+        assert_eq!(torn_rest(&frames, 2).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(torn_rest(&frames, 4).as_deref(), Some(&b"c"[..]));
+        assert_eq!(torn_rest(&frames, 5), None);
+        assert_eq!(torn_rest(&frames, 6).as_deref(), Some(&frames[1].frame.bytes()[1..]));
+        assert_eq!(torn_rest(&frames, 12), None);
     }
 }

@@ -1,0 +1,142 @@
+//! The WebSocket handshake (RFC 6455 section 4.2) on hyper's upgrade,
+//! handing the session tokio-tungstenite's stream over the upgraded
+//! connection itself.
+//!
+//! axum's `WebSocketUpgrade` does the same checks but keeps the socket
+//! behind its own `WebSocket` type; the session needs the socket to write
+//! the hub's pre-encoded frames to it directly (see [`crate::wire`]). The
+//! checks and refusals here are axum's: 405 for a method other than GET,
+//! 400 for a missing or wrong `Connection`, `Upgrade`,
+//! `Sec-WebSocket-Version` or `Sec-WebSocket-Key` header, 426 when the
+//! connection cannot be upgraded. The accept key is tungstenite's.
+
+use std::future::Future;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+/// The session's side of an upgraded connection.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A valid WebSocket upgrade request, not yet answered.
+pub struct WsUpgrade {
+    accept_key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request is not a WebSocket upgrade.
+#[derive(Debug)]
+pub struct WsUpgradeRejection {
+    status: StatusCode,
+    reason: &'static str,
+}
+
+impl IntoResponse for WsUpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.status, self.reason).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, reason: &'static str) -> WsUpgradeRejection {
+    WsUpgradeRejection { status, reason }
+}
+
+/// True when the comma-separated header `name` lists `token` (any case).
+fn header_lists(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|item| item.trim().eq_ignore_ascii_case(token)))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = WsUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`"));
+        }
+        if !header_lists(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(refuse(StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"));
+        }
+        if !header_lists(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(refuse(StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
+        }
+        if parts.headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Version` header did not include '13'",
+            ));
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));
+        };
+        let accept_key = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("a base64 accept key is a valid header value");
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            ));
+        };
+        Ok(Self { accept_key, on_upgrade })
+    }
+}
+
+impl WsUpgrade {
+    /// Answers 101 and, once hyper hands the connection over, runs
+    /// `session` on it, on a task of its own. A connection that fails
+    /// before that (the client went away) drops `session` unrun.
+    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
+    where
+        F: FnOnce(Socket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    debug!(error = %e, "the WebSocket upgrade did not complete");
+                    return;
+                }
+            };
+            let socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+            session(socket).await;
+        });
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept_key);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connection and Upgrade are token lists, compared without case.
+    #[test]
+    fn header_tokens() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(header_lists(&headers, header::CONNECTION, "upgrade"));
+        assert!(!header_lists(&headers, header::UPGRADE, "websocket"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(header_lists(&headers, header::UPGRADE, "websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
+        assert!(!header_lists(&headers, header::CONNECTION, "upgrade"));
+    }
+}
