@@ -2,7 +2,8 @@
 //! memory while it is empty.
 //!
 //! The hub pushes (under its own lock, never waiting) and the connection's
-//! task pops. tokio's `mpsc` would do, but it allocates a block of 32 slots
+//! task takes what is queued, a batch at a time. Only a push into an empty
+//! queue wakes the task, so a burst wakes it once, not once per frame. tokio's `mpsc` would do, but it allocates a block of 32 slots
 //! up front, about 1.8 KiB with its channel, for every connection, most of
 //! which sit idle: a plain `VecDeque` behind a mutex allocates on the first
 //! frame, and gives a large buffer back once a burst has been written.
@@ -84,9 +85,15 @@ impl<T> QueueSender<T> {
         if state.items.len() >= self.shared.capacity {
             return Err(TrySendError::Full(item));
         }
+        let was_empty = state.items.is_empty();
         state.items.push_back(item);
         drop(state);
-        self.shared.ready.notify_one();
+        // Only the push into an empty queue wakes the receiver: it waits
+        // only after finding the queue empty, and takes everything queued
+        // once awake, so a burst costs one wake-up, not one per item.
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
         Ok(())
     }
 }
@@ -105,6 +112,16 @@ impl<T> QueueReceiver<T> {
             state.items.shrink_to(KEEP_WHEN_EMPTY);
         }
         item
+    }
+
+    /// Moves up to `max` queued items to the end of `into`, under one lock.
+    pub fn take_into(&mut self, into: &mut Vec<T>, max: usize) {
+        let mut state = self.shared.state();
+        let n = max.min(state.items.len());
+        into.extend(state.items.drain(..n));
+        if state.items.is_empty() && state.items.capacity() > KEEP_WHEN_EMPTY {
+            state.items.shrink_to(KEEP_WHEN_EMPTY);
+        }
     }
 
     /// Waits for the next item (the hub keeps a sender for as long as the
@@ -145,6 +162,30 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
         drop(rx);
         assert_eq!(tx.try_send(4), Err(TrySendError::Closed(4)));
+    }
+
+    /// A burst is taken in order, `max` at a time; a receiver that took a
+    /// burst and waits again wakes for the next push into the empty queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursts_are_taken_whole_and_the_next_push_wakes() {
+        let (tx, mut rx) = frame_queue(16);
+        for i in 0..5 {
+            tx.try_send(i).unwrap();
+        }
+        let mut taken = vec![rx.recv().await];
+        rx.take_into(&mut taken, 3);
+        assert_eq!(taken, [0, 1, 2, 3]);
+        rx.take_into(&mut taken, 3);
+        assert_eq!(taken, [0, 1, 2, 3, 4]);
+        rx.take_into(&mut taken, 3);
+        assert_eq!(taken.len(), 5);
+        let waiter = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.try_send(5).unwrap();
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.unwrap().unwrap(),
+            5
+        );
     }
 
     /// A receiver waiting on an empty queue wakes for an item sent later.

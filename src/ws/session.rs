@@ -326,12 +326,7 @@ impl Session {
     async fn write_queued(&mut self, first: Outgoing, rx: &mut QueueReceiver<Outgoing>) -> WriteEnd {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         batch.push(first);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Some(out) => batch.push(out),
-                None => break,
-            }
-        }
+        rx.take_into(&mut batch, WRITE_BATCH - 1);
         let timeout = self.ctx.config.write_timeout;
         let conn = self.conn;
         let kick = &self.subscriber.kick;
