@@ -474,18 +474,57 @@ struct Broadcast {
     peak_rss_kib: u64,
 }
 
-/// The kernel's count of TCP retransmission timeouts (`TcpExt:
-/// TCPTimeouts` in /proc/net/netstat), 0 where it cannot be read.
-fn tcp_timeouts() -> u64 {
-    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "TCPTimeouts")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0)
+/// What the kernel counted of lost packets and their recovery, system-wide:
+/// a run's figure is the difference of two readings.
+#[derive(Clone, Copy, Default)]
+struct LossCounters {
+    /// TCP retransmission timeouts (`TcpExt: TCPTimeouts`).
+    rto_timeouts: u64,
+    /// TCP tail-loss probes (`TcpExt: TCPLossProbes`): a lost last segment
+    /// with one segment in flight is probed after at least 200 ms.
+    loss_probes: u64,
+    /// Packets dropped because a core's input backlog was full
+    /// (`/proc/net/softnet_stat`, second column, summed over cores). On
+    /// loopback every packet sent goes through the sending core's backlog.
+    backlog_drops: u64,
+}
+
+impl LossCounters {
+    /// Now; zeros where /proc cannot be read.
+    fn read() -> Self {
+        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let tcp_ext: Vec<(&str, u64)> = match (lines.next(), lines.next()) {
+            (Some(names), Some(values)) => names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .filter_map(|(name, value)| Some((name, value.parse().ok()?)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let field = |wanted: &str| tcp_ext.iter().find(|(name, _)| *name == wanted).map_or(0, |(_, v)| *v);
+        let backlog_drops = std::fs::read_to_string("/proc/net/softnet_stat")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
+            .sum();
+        Self { rto_timeouts: field("TCPTimeouts"), loss_probes: field("TCPLossProbes"), backlog_drops }
+    }
+
+    /// What was counted since `earlier`.
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            rto_timeouts: self.rto_timeouts.saturating_sub(earlier.rto_timeouts),
+            loss_probes: self.loss_probes.saturating_sub(earlier.loss_probes),
+            backlog_drops: self.backlog_drops.saturating_sub(earlier.backlog_drops),
+        }
+    }
+}
+
+impl std::fmt::Display for LossCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} / {} / {}", self.backlog_drops, self.loss_probes, self.rto_timeouts)
+    }
 }
 
 /// A process's CPU time so far (user + system, every thread), in µs.
@@ -596,10 +635,9 @@ struct Fanout {
     client_us_per_delivery: f64,
     /// The server's CPU time per delivery, in µs.
     server_us_per_delivery: f64,
-    /// TCP retransmission timeouts the kernel counted during the run
-    /// (system-wide `TcpExt: TCPTimeouts`; on loopback nothing is lost, so
-    /// each is an ACK later than the minimum RTO).
-    rto_timeouts: u64,
+    /// Packets the kernel lost during the run and its TCP recoveries
+    /// (system-wide; see [`LossCounters`]).
+    losses: LossCounters,
     /// The server's open connections once every reader had every message
     /// (the slow ones still count while the server keeps them).
     connections_at_end: f64,
@@ -677,7 +715,7 @@ async fn fanout(
     let body = frame(&"x".repeat(body_bytes - frame("").len()));
     let cpu_before = cpu_micros();
     let server_cpu_before = process_cpu_micros(server.child.id());
-    let rto_before = tcp_timeouts();
+    let losses_before = LossCounters::read();
     let rss = RssSampler::start(server.child.id());
     let mut sent_at = Vec::with_capacity(messages);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
@@ -690,7 +728,7 @@ async fn fanout(
     }
     let _ = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
     let client_us = (cpu_micros() - cpu_before) as f64;
-    let rto_timeouts = tcp_timeouts().saturating_sub(rto_before);
+    let losses = LossCounters::read().since(losses_before);
     let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
     let lost = lost.load(Ordering::SeqCst);
     let incomplete = done_at.iter().filter(|d| d.load(Ordering::SeqCst) == 0).count();
@@ -715,7 +753,7 @@ async fn fanout(
         latencies,
         client_us_per_delivery: client_us / (readers * messages) as f64,
         server_us_per_delivery: server_us / (readers * messages) as f64,
-        rto_timeouts,
+        losses,
         connections_at_end,
         peak_rss_kib,
     })
@@ -1067,7 +1105,7 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it (pinned)\n",
         args.fanout_rate, args.fanout_messages
     );
-    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery | TCP retransmission timeouts |");
+    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery | loopback backlog drops / TCP loss probes / TCP RTOs |");
     println!("|---|---|---|---|---|---|---|---|");
     pin(true);
     let mut distributions = Vec::new();
@@ -1081,7 +1119,7 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
                     let (p50, p99, max) = percentiles(run.latencies);
                     println!(
                         "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} | {:.2} | {} |",
-                        run.server_us_per_delivery, run.client_us_per_delivery, run.rto_timeouts
+                        run.server_us_per_delivery, run.client_us_per_delivery, run.losses
                     );
                 }
                 Err(why) => println!("| {n} | {name} | failed: {why} | | | | | |"),
@@ -1135,9 +1173,10 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         }
         let (p50, p99, max) = percentiles(run.latencies);
         println!(
-            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; closed with 1013: {closed}, by the write timeout: {timed_out}; open at the end: {}; peak RSS {:.1} MiB",
+            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; closed with 1013: {closed}, by the write timeout: {timed_out}; open at the end: {}; peak RSS {:.1} MiB; loopback backlog drops / TCP loss probes / RTOs: {}",
             run.connections_at_end,
-            run.peak_rss_kib as f64 / 1024.0
+            run.peak_rss_kib as f64 / 1024.0,
+            run.losses
         );
         p99s.push(p99);
     }

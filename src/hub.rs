@@ -126,7 +126,8 @@ struct Fanout<'a> {
     channel: &'a str,
     /// A remote frame's offset, checked against each subscriber's floor.
     offset: Option<u64>,
-    frame: &'a WireFrame,
+    /// The frame's text; encoded for the wire once, if anyone is subscribed.
+    frame: &'a str,
     /// The message's `data` alone, for legacy `/` connections.
     data: Option<&'a str>,
     target: Option<&'a str>,
@@ -381,7 +382,7 @@ impl Hub {
         let out = Fanout {
             channel: &msg.channel,
             offset: None,
-            frame: &WireFrame::text(&frame),
+            frame: &frame,
             data: Some(msg.data.get()),
             target,
             receipt,
@@ -700,7 +701,7 @@ impl Hub {
         let out = Fanout {
             channel: frame.channel,
             offset: Some(frame.offset),
-            frame: &WireFrame::text(frame.frame),
+            frame: frame.frame,
             data: frame.data,
             target,
             receipt: None,
@@ -721,11 +722,13 @@ impl Hub {
     ) -> usize {
         let metrics = &self.inner.metrics;
         let mut delivered = 0;
+        let frame = (!subscribers.is_empty()).then(|| WireFrame::text(out.frame));
         subscribers.retain(|_, sub| {
             if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                 return true;
             }
-            let kept = deliver(sub, out.frame, out.receipt, metrics);
+            let frame = frame.as_ref().expect("encoded when there are subscribers");
+            let kept = deliver(sub, frame, out.receipt, metrics);
             delivered += usize::from(kept);
             if !kept {
                 metrics.subscriptions.dec();

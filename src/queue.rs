@@ -166,7 +166,8 @@ mod tests {
 
     /// A burst is taken in order, `max` at a time; a receiver that took a
     /// burst and waits again wakes for the next push into the empty queue.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// (One thread: `yield_now` runs the waiter until it waits.)
+    #[tokio::test(flavor = "current_thread")]
     async fn bursts_are_taken_whole_and_the_next_push_wakes() {
         let (tx, mut rx) = frame_queue(16);
         for i in 0..5 {
@@ -189,7 +190,8 @@ mod tests {
     }
 
     /// A receiver waiting on an empty queue wakes for an item sent later.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// (One thread: `yield_now` runs the waiter until it waits.)
+    #[tokio::test(flavor = "current_thread")]
     async fn a_waiting_receiver_wakes() {
         let (tx, mut rx) = frame_queue(4);
         let waiter = tokio::spawn(async move { rx.recv().await });

@@ -579,3 +579,59 @@ async fn a_commit_wakes_the_drainer_without_a_poll() {
     );
     assert!(made >= rounds, "{made} claims for {rounds} commits");
 }
+
+/// Sends `request` (a raw HTTP/1.1 head) and returns the response head.
+async fn raw_response_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "the connection closed inside the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// The handshake answers RFC 6455's example key with its accept value, and
+/// refuses what is not a WebSocket upgrade with the status that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_accepts_upgrades_and_refuses_the_rest() {
+    let server = Server::start().await;
+    let request = |method: &str, headers: &str| {
+        format!("{method} /ws HTTP/1.1\r\nHost: {}\r\n{headers}\r\n", server.addr)
+    };
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let upgrade = format!(
+        "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n{key}"
+    );
+    let head = raw_response_head(server.addr, &request("GET", &upgrade)).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+
+    // (method, headers, status, a header the refusal must carry)
+    let cases = [
+        ("GET", "Connection: close\r\n".to_string(), "400", None),
+        ("GET", format!("Connection: upgraded, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{key}"), "400", None),
+        ("GET", format!("Connection: Upgrade, close\r\nUpgrade: h2c\r\nSec-WebSocket-Version: 13\r\n{key}"), "400", None),
+        ("GET", format!("Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n{key}"), "400", Some("sec-websocket-version: 13")),
+        ("GET", "Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".to_string(), "400", None),
+        ("POST", format!("Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{key}Content-Length: 0\r\n"), "405", None),
+    ];
+    for (method, headers, status, must_carry) in cases {
+        let head = raw_response_head(server.addr, &request(method, &headers)).await;
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{method} {headers:?}: {head}");
+        assert!(must_carry.is_none_or(|h| head.contains(h)), "{method} {headers:?}: {head}");
+    }
+    server.stop().await.unwrap();
+}

@@ -2,8 +2,8 @@
 //!
 //! A single `select!` loop over: shutdown, the hub's "too slow" cancel, the
 //! token's expiry, the connection's queue of frames from the hub, the
-//! client's frames and a ping tick. The read half is polled in the same
-//! loop, so pongs and close replies flush; tungstenite answers pings itself.
+//! client's frames and a ping tick. The socket is read in the same loop,
+//! so pongs and close replies flush; tungstenite answers pings itself.
 //!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
@@ -14,8 +14,10 @@
 //! their first poll; a write the socket does not take at once is bounded by
 //! `server.write_timeout_ms` and abandoned if the hub cancels the
 //! connection, so a peer that stopped reading cannot pin this task. A frame
-//! left half-written by a cancel is finished before the close frame; after
-//! a failed or timed-out write nothing more is written.
+//! left half-written by a cancel (the hub's, or the end of the shutdown
+//! flush) is finished before the close frame; after a failed or timed-out
+//! write, of either kind, nothing more is written. Raw frames are only
+//! ever written from the loop, before any close frame.
 //!
 //! Limits per connection: `server.max_subscriptions_per_connection`
 //! (refused with an error frame), `server.max_frames_per_second` (a token
@@ -86,7 +88,17 @@ pub struct SessionContext {
 enum WriteEnd {
     Written,
     Failed,
+    /// The hub cancelled the connection (its queue overflowed).
     Kicked,
+    /// The shutdown flush's deadline passed.
+    OutOfTime,
+}
+
+/// The end of a frame a cancelled write left half-sent, and the frame's
+/// receipt, held until the end is written too.
+struct Torn {
+    rest: Bytes,
+    _receipt: Option<crate::hub::Receipt>,
 }
 
 /// How long a session closed for what the client did keeps reading for its
@@ -107,7 +119,7 @@ struct Session {
     socket: Socket,
     /// The unwritten end of a frame a cancelled write left half-sent: it
     /// must go out before anything else, or the stream is corrupt.
-    torn: Option<Bytes>,
+    torn: Option<Torn>,
     /// A write failed or timed out: nothing more is written.
     broken: bool,
     subscriber: Subscriber,
@@ -211,9 +223,9 @@ impl Session {
                 }
                 // Boxed: the write is live only while frames go out, and an
                 // idle connection should not carry its state.
-                first = rx.recv() => match Box::pin(self.write_queued(first, &mut rx)).await {
+                first = rx.recv() => match Box::pin(self.write_queued(first, &mut rx, None)).await {
                     WriteEnd::Written => {}
-                    WriteEnd::Failed => break None,
+                    WriteEnd::Failed | WriteEnd::OutOfTime => break None,
                     WriteEnd::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
                 },
                 incoming = self.socket.next() => {
@@ -272,9 +284,9 @@ impl Session {
     async fn close(&mut self, code: u16, reason: &'static str, skip_drain: bool) {
         debug!(conn = self.conn, code, reason, "closing connection");
         let timeout = self.ctx.config.write_timeout;
-        if let Some(rest) = self.torn.take() {
+        if let Some(torn) = self.torn.take() {
             let finish = async {
-                self.socket.get_mut().write_all(&rest).await?;
+                self.socket.get_mut().write_all(&torn.rest).await?;
                 self.socket.get_mut().flush().await
             };
             if !matches!(tokio::time::timeout(timeout, finish).await, Ok(Ok(()))) {
@@ -321,9 +333,15 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]
-    /// frames) from their shared bytes. The receipts are released only once
-    /// the socket has taken every byte.
-    async fn write_queued(&mut self, first: Outgoing, rx: &mut QueueReceiver<Outgoing>) -> WriteEnd {
+    /// frames) from their shared bytes, giving up at `deadline` if one is
+    /// set (the shutdown flush). The receipts are released only once the
+    /// socket has taken every byte.
+    async fn write_queued(
+        &mut self,
+        first: Outgoing,
+        rx: &mut QueueReceiver<Outgoing>,
+        deadline: Option<Instant>,
+    ) -> WriteEnd {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         batch.push(first);
         rx.take_into(&mut batch, WRITE_BATCH - 1);
@@ -337,11 +355,20 @@ impl Session {
             let first_poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
             match first_poll {
                 Poll::Ready(result) => Ok(result),
-                Poll::Pending => tokio::select! {
-                    biased;
-                    _ = kick.cancelled() => Err(WriteEnd::Kicked),
-                    result = tokio::time::timeout(timeout, write) => result.map_err(|_| WriteEnd::Failed),
-                },
+                Poll::Pending => {
+                    let out_of_time = async {
+                        match deadline {
+                            Some(deadline) => tokio::time::sleep_until(deadline).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = kick.cancelled() => Err(WriteEnd::Kicked),
+                        _ = out_of_time => Err(WriteEnd::OutOfTime),
+                        result = tokio::time::timeout(timeout, write) => result.map_err(|_| WriteEnd::Failed),
+                    }
+                }
             }
         };
         match result {
@@ -351,9 +378,9 @@ impl Session {
                 self.broken = true;
                 WriteEnd::Failed
             }
-            Err(WriteEnd::Kicked) => {
-                self.torn = torn_rest(&batch, written);
-                WriteEnd::Kicked
+            Err(end @ (WriteEnd::Kicked | WriteEnd::OutOfTime)) => {
+                self.torn = torn_rest(batch, written);
+                end
             }
             Err(_) => {
                 debug!(conn, "write timed out");
@@ -364,14 +391,16 @@ impl Session {
         }
     }
 
-    /// On shutdown: write what the hub already queued, within the flush budget.
+    /// On shutdown: write what the hub already queued, within the flush
+    /// budget (a frame half-written when it runs out is finished by the
+    /// close, like a kicked one).
     async fn flush_queue(&mut self, rx: &mut QueueReceiver<Outgoing>) {
         let deadline = Instant::now() + self.ctx.config.shutdown_flush;
         while let Some(first) = rx.try_recv() {
-            let write = self.write_queued(first, rx);
-            match tokio::time::timeout_at(deadline, write).await {
-                Ok(WriteEnd::Written) => {}
-                _ => return,
+            if Instant::now() >= deadline
+                || !matches!(self.write_queued(first, rx, Some(deadline)).await, WriteEnd::Written)
+            {
+                return;
             }
         }
     }
@@ -528,6 +557,8 @@ impl Session {
     }
 
     /// Writes frames directly (ahead of the queue), bounded by the write timeout.
+    /// A write that fails or times out leaves the socket broken: nothing
+    /// more is written to it.
     async fn send_now(&mut self, frames: Vec<WsMessage>) -> bool {
         let socket = &mut self.socket;
         let write = async move {
@@ -536,7 +567,9 @@ impl Session {
             }
             socket.flush().await
         };
-        matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())))
+        let written = matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())));
+        self.broken |= !written;
+        written
     }
 }
 
@@ -569,14 +602,15 @@ async fn write_frames(socket: &mut Socket, batch: &[Outgoing], written: &mut usi
     io.flush().await
 }
 
-/// The unwritten end of the frame a write stopped inside, if it stopped
-/// inside one (`written` bytes of `batch` went out).
-fn torn_rest(batch: &[Outgoing], written: usize) -> Option<Bytes> {
+/// The unwritten end of the frame a write stopped inside, with its
+/// receipt, if it stopped inside one (`written` bytes of `batch` went out).
+fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
     let mut start = 0;
     for out in batch {
         let end = start + out.frame.len();
         if written < end {
-            return (written > start).then(|| out.frame.bytes().slice(written - start..));
+            let rest = out.frame.bytes().slice(written - start..);
+            return (written > start).then_some(Torn { rest, _receipt: out.receipt });
         }
         start = end;
     }
@@ -612,12 +646,12 @@ mod tests {
     /// send; one that stopped between frames leaves nothing.
     #[test]
     fn the_torn_rest_is_the_end_of_the_frame_a_write_stopped_in() {
-        let frames = batch(&["abc", "defgh"]); // 5 and 7 bytes on the wire
-        assert_eq!(torn_rest(&frames, 0), None);
-        assert_eq!(torn_rest(&frames, 2).as_deref(), Some(&b"abc"[..]));
-        assert_eq!(torn_rest(&frames, 4).as_deref(), Some(&b"c"[..]));
-        assert_eq!(torn_rest(&frames, 5), None);
-        assert_eq!(torn_rest(&frames, 6).as_deref(), Some(&frames[1].frame.bytes()[1..]));
-        assert_eq!(torn_rest(&frames, 12), None);
+        let rest = |written| torn_rest(batch(&["abc", "defgh"]), written).map(|t| t.rest); // 5 and 7 bytes on the wire
+        assert_eq!(rest(0), None);
+        assert_eq!(rest(2).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(rest(4).as_deref(), Some(&b"c"[..]));
+        assert_eq!(rest(5), None);
+        assert_eq!(rest(6).as_deref(), Some(&WireFrame::text("defgh").bytes()[1..]));
+        assert_eq!(rest(12), None);
     }
 }

@@ -2,13 +2,16 @@
 //! handing the session tokio-tungstenite's stream over the upgraded
 //! connection itself.
 //!
-//! axum's `WebSocketUpgrade` does the same checks but keeps the socket
-//! behind its own `WebSocket` type; the session needs the socket to write
-//! the hub's pre-encoded frames to it directly (see [`crate::wire`]). The
-//! checks and refusals here are axum's: 405 for a method other than GET,
-//! 400 for a missing or wrong `Connection`, `Upgrade`,
-//! `Sec-WebSocket-Version` or `Sec-WebSocket-Key` header, 426 when the
-//! connection cannot be upgraded. The accept key is tungstenite's.
+//! axum's `WebSocketUpgrade` keeps the socket behind its own `WebSocket`
+//! type; the session needs the socket to write the hub's pre-encoded frames
+//! to it directly (see [`crate::wire`]). The refusals follow axum's: 405
+//! for a method other than GET; 400 when `Connection` does not list
+//! `upgrade` or `Upgrade` does not list `websocket` (as token lists, where
+//! axum matches substrings), when `Sec-WebSocket-Version` is not 13 (with
+//! a `Sec-WebSocket-Version: 13` header, RFC 6455 section 4.4) or when
+//! `Sec-WebSocket-Key` is missing; 426 when hyper cannot upgrade the
+//! connection (HTTP/1.0). No subprotocol is negotiated. The accept key is
+//! tungstenite's.
 
 use std::future::Future;
 
@@ -41,9 +44,15 @@ pub struct WsUpgradeRejection {
 
 impl IntoResponse for WsUpgradeRejection {
     fn into_response(self) -> Response {
-        (self.status, self.reason).into_response()
+        let mut response = (self.status, self.reason).into_response();
+        if self.reason == WRONG_VERSION {
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        response
     }
 }
+
+const WRONG_VERSION: &str = "`Sec-WebSocket-Version` header did not include '13'";
 
 fn refuse(status: StatusCode, reason: &'static str) -> WsUpgradeRejection {
     WsUpgradeRejection { status, reason }
