@@ -322,9 +322,18 @@ async fn open(port: u16, path: &str, i: usize) -> Ws {
 /// readers then only count frames, so the client costs far less than any
 /// server under test and the figure measures the server.
 async fn open_raw(port: u16, path: &str, i: usize) -> (tokio::net::TcpStream, FrameCounter) {
-    let mut stream = connect_from(port, i).await;
-    handshake::upgrade_raw(&mut stream, &format!("127.0.0.1:{port}"), path).await;
-    (stream, FrameCounter::default())
+    // Opening thousands of sockets at once can overflow a loopback accept
+    // queue, and the kernel may then reset a connection mid-handshake:
+    // that is the setup failing, not the server, so it is tried again.
+    for attempt in 1.. {
+        let mut stream = connect_from(port, i).await;
+        match handshake::try_upgrade_raw(&mut stream, &format!("127.0.0.1:{port}"), path).await {
+            Ok(()) => return (stream, FrameCounter::default()),
+            Err(e) if attempt < 3 => eprintln!("connection {i}: handshake failed ({e}); trying again"),
+            Err(e) => panic!("connection {i}: handshake failed three times: {e}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
 }
 
 /// Counts unmasked server text frames of exactly `body_bytes` payload

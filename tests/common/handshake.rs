@@ -7,16 +7,23 @@ use tokio::net::TcpStream;
 
 /// Sends the upgrade request and reads up to the end of the 101 response.
 pub async fn upgrade_raw(stream: &mut TcpStream, host: &str, path: &str) {
+    try_upgrade_raw(stream, host, path).await.unwrap();
+}
+
+/// [`upgrade_raw`], giving back an I/O error (a connection reset while a
+/// loopback accept queue overflowed) instead of panicking.
+pub async fn try_upgrade_raw(stream: &mut TcpStream, host: &str, path: &str) -> std::io::Result<()> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
+        stream.read_exact(&mut byte).await?;
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    Ok(())
 }
