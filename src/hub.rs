@@ -127,7 +127,7 @@ struct Fanout<'a> {
     /// A remote frame's offset, checked against each subscriber's floor.
     offset: Option<u64>,
     /// The frame's text; encoded for the wire once, if anyone is subscribed.
-    frame: &'a str,
+    text: &'a str,
     /// The message's `data` alone, for legacy `/` connections.
     data: Option<&'a str>,
     target: Option<&'a str>,
@@ -382,7 +382,7 @@ impl Hub {
         let out = Fanout {
             channel: &msg.channel,
             offset: None,
-            frame: &frame,
+            text: &frame,
             data: Some(msg.data.get()),
             target,
             receipt,
@@ -701,7 +701,7 @@ impl Hub {
         let out = Fanout {
             channel: frame.channel,
             offset: Some(frame.offset),
-            frame: frame.frame,
+            text: frame.frame,
             data: frame.data,
             target,
             receipt: None,
@@ -722,19 +722,20 @@ impl Hub {
     ) -> usize {
         let metrics = &self.inner.metrics;
         let mut delivered = 0;
-        let frame = (!subscribers.is_empty()).then(|| WireFrame::text(out.frame));
-        subscribers.retain(|_, sub| {
-            if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
-                return true;
-            }
-            let frame = frame.as_ref().expect("encoded when there are subscribers");
-            let kept = deliver(sub, frame, out.receipt, metrics);
-            delivered += usize::from(kept);
-            if !kept {
-                metrics.subscriptions.dec();
-            }
-            kept
-        });
+        if !subscribers.is_empty() {
+            let frame = WireFrame::text(out.text);
+            subscribers.retain(|_, sub| {
+                if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
+                    return true;
+                }
+                let kept = deliver(sub, &frame, out.receipt, metrics);
+                delivered += usize::from(kept);
+                if !kept {
+                    metrics.subscriptions.dec();
+                }
+                kept
+            });
+        }
         let Some(data) = out.data else { return delivered };
         if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
             return delivered;

@@ -3,9 +3,10 @@
 //!
 //! The hub pushes (under its own lock, never waiting) and the connection's
 //! task takes what is queued, a batch at a time. Only a push into an empty
-//! queue wakes the task, so a burst wakes it once, not once per frame. tokio's `mpsc` would do, but it allocates a block of 32 slots
-//! up front, about 1.8 KiB with its channel, for every connection, most of
-//! which sit idle: a plain `VecDeque` behind a mutex allocates on the first
+//! queue wakes the task, so a burst wakes it once, not once per frame.
+//! tokio's `mpsc` would do, but it allocates a block of 32 slots up front,
+//! about 1.8 KiB with its channel, for every connection, most of which sit
+//! idle: a plain `VecDeque` behind a mutex allocates on the first
 //! frame, and gives a large buffer back once a burst has been written.
 //!
 //! **Overflow policy:** [`QueueSender::try_send`] refuses a frame when the
@@ -46,6 +47,15 @@ struct State<T> {
 impl<T> Shared<T> {
     fn state(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<T> State<T> {
+    /// An emptied queue keeps at most [`KEEP_WHEN_EMPTY`] slots.
+    fn shrink_if_empty(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > KEEP_WHEN_EMPTY {
+            self.items.shrink_to(KEEP_WHEN_EMPTY);
+        }
     }
 }
 
@@ -108,9 +118,7 @@ impl<T> QueueReceiver<T> {
     pub fn try_recv(&mut self) -> Option<T> {
         let mut state = self.shared.state();
         let item = state.items.pop_front();
-        if state.items.is_empty() && state.items.capacity() > KEEP_WHEN_EMPTY {
-            state.items.shrink_to(KEEP_WHEN_EMPTY);
-        }
+        state.shrink_if_empty();
         item
     }
 
@@ -119,9 +127,7 @@ impl<T> QueueReceiver<T> {
         let mut state = self.shared.state();
         let n = max.min(state.items.len());
         into.extend(state.items.drain(..n));
-        if state.items.is_empty() && state.items.capacity() > KEEP_WHEN_EMPTY {
-            state.items.shrink_to(KEEP_WHEN_EMPTY);
-        }
+        state.shrink_if_empty();
     }
 
     /// Waits for the next item (the hub keeps a sender for as long as the

@@ -580,27 +580,16 @@ async fn a_commit_wakes_the_drainer_without_a_poll() {
     assert!(made >= rounds, "{made} claims for {rounds} commits");
 }
 
-/// Sends `request` (a raw HTTP/1.1 head) and returns the response head.
+/// Sends `request` (a raw HTTP/1.1 head) and returns the response head, in lower case.
 async fn raw_response_head(addr: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "the connection closed inside the response head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap().to_ascii_lowercase()
+    let head = tokio::time::timeout(PATIENCE, common::handshake::read_response_head(&mut stream))
+        .await
+        .expect("a response in time")
+        .expect("a whole response head");
+    head.to_ascii_lowercase()
 }
 
 /// The handshake answers RFC 6455's example key with its accept value, and

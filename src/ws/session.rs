@@ -271,7 +271,7 @@ impl Session {
             }
         };
         if let Some((code, reason)) = close_with {
-            self.close(code, reason, skips_close_drain(code)).await;
+            self.close(code, reason).await;
         }
         if !self.broken {
             let _ = tokio::time::timeout(config.write_timeout, self.socket.close(None)).await;
@@ -280,8 +280,8 @@ impl Session {
 
     /// Sends the close frame (after the end of a half-written frame, if a
     /// cancel left one) and reads what the client still sends, up to its
-    /// close reply, unless `skip_drain`.
-    async fn close(&mut self, code: u16, reason: &'static str, skip_drain: bool) {
+    /// close reply.
+    async fn close(&mut self, code: u16, reason: &'static str) {
         debug!(conn = self.conn, code, reason, "closing connection");
         let timeout = self.ctx.config.write_timeout;
         if let Some(torn) = self.torn.take() {
@@ -303,7 +303,8 @@ impl Session {
         // reply: a socket closed with unread bytes sends a reset, which
         // can destroy our error and close frames before the client reads
         // them (a flooding client would see 1006 instead of 1008).
-        if skip_drain {
+        // (Not on shutdown: the process is going away and has its own deadline.)
+        if code == close::GOING_AWAY {
             return;
         }
         let socket = &mut self.socket;
@@ -580,23 +581,15 @@ impl Session {
 async fn write_frames(socket: &mut Socket, batch: &[Outgoing], written: &mut usize) -> io::Result<()> {
     socket.flush().await.map_err(io::Error::other)?;
     let io = socket.get_mut();
-    let total: usize = batch.iter().map(|out| out.frame.len()).sum();
-    let mut slices = Vec::with_capacity(batch.len());
-    while *written < total {
-        slices.clear();
-        let mut skip = *written;
-        for out in batch {
-            let bytes = out.frame.bytes();
-            if skip >= bytes.len() {
-                skip -= bytes.len();
-                continue;
-            }
-            slices.push(IoSlice::new(&bytes[skip..]));
-            skip = 0;
-        }
-        match io.write_vectored(&slices).await? {
+    let mut slices: Vec<IoSlice> = batch.iter().map(|out| IoSlice::new(out.frame.bytes())).collect();
+    let mut unwritten = &mut slices[..];
+    while !unwritten.is_empty() {
+        match io.write_vectored(unwritten).await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => *written += n,
+            n => {
+                *written += n;
+                IoSlice::advance_slices(&mut unwritten, n);
+            }
         }
     }
     io.flush().await
@@ -615,12 +608,6 @@ fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
         start = end;
     }
     None
-}
-
-/// On shutdown the process is going away with its own deadline: the close
-/// frame is sent but the client's reply is not waited for.
-fn skips_close_drain(code: u16) -> bool {
-    code == close::GOING_AWAY
 }
 
 /// The RFC 6455 close code for a failed read, if the peer is still there.

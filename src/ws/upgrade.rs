@@ -40,22 +40,22 @@ pub struct WsUpgrade {
 pub struct WsUpgradeRejection {
     status: StatusCode,
     reason: &'static str,
+    /// Answers `Sec-WebSocket-Version: 13`, the version spoken here.
+    names_the_version: bool,
 }
 
 impl IntoResponse for WsUpgradeRejection {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.reason).into_response();
-        if self.reason == WRONG_VERSION {
+        if self.names_the_version {
             response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         response
     }
 }
 
-const WRONG_VERSION: &str = "`Sec-WebSocket-Version` header did not include '13'";
-
 fn refuse(status: StatusCode, reason: &'static str) -> WsUpgradeRejection {
-    WsUpgradeRejection { status, reason }
+    WsUpgradeRejection { status, reason, names_the_version: false }
 }
 
 /// True when the comma-separated header `name` lists `token` (any case).
@@ -81,10 +81,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             return Err(refuse(StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"));
         }
         if parts.headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Version` header did not include '13'",
-            ));
+            let reason = "`Sec-WebSocket-Version` header did not include '13'";
+            return Err(WsUpgradeRejection {
+                names_the_version: true,
+                ..refuse(StatusCode::BAD_REQUEST, reason)
+            });
         }
         let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
             return Err(refuse(StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing"));

@@ -18,12 +18,19 @@ pub async fn try_upgrade_raw(stream: &mut TcpStream, host: &str, path: &str) -> 
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
+    let head = read_response_head(stream).await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    Ok(())
+}
+
+/// Reads an HTTP response head, up to and including its blank line, and
+/// nothing after it (the WebSocket frames that follow stay unread).
+pub async fn read_response_head(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).await?;
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    Ok(())
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
