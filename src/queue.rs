@@ -15,8 +15,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// A queue that has written a burst keeps at most this many slots once it
 /// is empty again.
@@ -26,7 +27,7 @@ const KEEP_WHEN_EMPTY: usize = 16;
 pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false }),
-        ready: Notify::new(),
+        waker: AtomicWaker::new(),
         capacity,
     });
     (QueueSender { shared: shared.clone() }, QueueReceiver { shared })
@@ -34,8 +35,9 @@ pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// Holds one wake-up for the receiver when it is not waiting yet.
-    ready: Notify,
+    /// The receiver's task, woken by a push into the empty queue. (A
+    /// single receiver: one atomic slot, cheaper than `Notify`'s list.)
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -102,7 +104,7 @@ impl<T> QueueSender<T> {
         // only after finding the queue empty, and takes everything queued
         // once awake, so a burst costs one wake-up, not one per item.
         if was_empty {
-            self.shared.ready.notify_one();
+            self.shared.waker.wake();
         }
         Ok(())
     }
@@ -130,16 +132,21 @@ impl<T> QueueReceiver<T> {
         state.shrink_if_empty();
     }
 
+    /// The next item, or `Pending` with the task registered to be woken by
+    /// the next push into the empty queue. (It registers before it looks,
+    /// so a push between the two still wakes it.)
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+        self.shared.waker.register(cx.waker());
+        match self.try_recv() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        }
+    }
+
     /// Waits for the next item (the hub keeps a sender for as long as the
     /// connection is subscribed, so this only ever ends with an item).
     pub async fn recv(&mut self) -> T {
-        loop {
-            if let Some(item) = self.try_recv() {
-                return item;
-            }
-            // A push after the check above left a wake-up: this returns at once.
-            self.shared.ready.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 

@@ -354,6 +354,63 @@ async fn bad_frames_get_errors_and_the_server_keeps_serving() {
     server.stop().await.unwrap();
 }
 
+/// Client frames are read and answered while the hub's frames flow. (A
+/// delivery wakes the session through its queue alone; its other waits,
+/// the socket above all, must still be polled whenever they fire.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_frames_are_answered_while_messages_flow() {
+    let server = Server::start().await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (server.db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rows = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                insert(&db, &[("emp", "flowing")]);
+                rows += 1;
+            }
+            rows
+        })
+    };
+    let mut ids = Vec::new();
+    let mut answered_amid_messages = 0;
+    for round in 0..20u8 {
+        let before = ids.len();
+        ws.send(Message::Ping(vec![round].into())).await.unwrap();
+        send_json(&mut ws, json!({"op": "ping"})).await;
+        if round == 10 {
+            send_json(&mut ws, json!({"op": "subscribe", "channel": "dept"})).await;
+        }
+        let (mut pong, mut ping_reply, mut subscribed) = (false, false, round != 10);
+        while !(pong && ping_reply && subscribed) {
+            match tokio::time::timeout(PATIENCE, ws.next()).await.expect("answers amid the messages") {
+                Some(Ok(Message::Pong(data))) => pong |= data[..] == [round],
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    match frame["type"].as_str() {
+                        Some("message") => ids.push(frame["id"].as_str().unwrap().parse::<i64>().unwrap()),
+                        Some("pong") => ping_reply = true,
+                        Some("subscribed") => subscribed |= frame["channel"] == "dept",
+                        _ => panic!("unexpected frame {frame}"),
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+        if ids.len() > before {
+            answered_amid_messages += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rows = writer.join().unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "messages in order");
+    assert!(answered_amid_messages > 0, "no round had messages flowing ({rows} rows written)");
+    server.stop().await.unwrap();
+}
+
 /// Health, readiness and metrics answer with real values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {

@@ -8,6 +8,7 @@
 pub mod protocol;
 pub mod session;
 pub mod upgrade;
+mod wake_group;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

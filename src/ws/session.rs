@@ -1,9 +1,13 @@
 //! One WebSocket connection from upgrade to close.
 //!
-//! A single `select!` loop over: shutdown, the hub's "too slow" cancel, the
+//! A single loop waits on: shutdown, the hub's "too slow" cancel, the
 //! token's expiry, the connection's queue of frames from the hub, the
-//! client's frames and a ping tick. The socket is read in the same loop,
-//! so pongs and close replies flush; tungstenite answers pings itself.
+//! client's frames and a ping tick, taken in that order of precedence (a
+//! biased select). The queue is polled on every turn; the other waits only
+//! when one of them woke the task (see [`super::wake_group`]), so a
+//! delivery costs the queue and the write, not six polls. The socket is
+//! read in the same loop, so pongs and close replies flush; tungstenite
+//! answers pings itself.
 //!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
@@ -29,7 +33,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +47,7 @@ use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::protocol::{self, close, ClientFrame, ProtocolError};
 use super::upgrade::Socket;
+use super::wake_group::WakeGroup;
 use crate::auth::{now_unix, Access, Identity};
 use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
@@ -105,6 +110,18 @@ struct Torn {
 /// close reply.
 const CLOSE_DRAIN: Duration = Duration::from_millis(250);
 
+/// What woke the session's loop, in order of precedence.
+enum Event {
+    Shutdown,
+    Kicked,
+    Expired,
+    /// The first frame the hub queued.
+    Queued(Outgoing),
+    /// The client's next frame, its error, or the end of its stream.
+    Incoming(Option<Result<WsMessage, tungstenite::Error>>),
+    PingDue,
+}
+
 /// What the loop does after handling a client frame.
 enum Next {
     Continue,
@@ -122,6 +139,10 @@ struct Session {
     torn: Option<Torn>,
     /// A write failed or timed out: nothing more is written.
     broken: bool,
+    /// tungstenite may hold bytes it has not written yet (a reply, a ping,
+    /// the pong it answers a ping with): set by everything but the hub's
+    /// frames, cleared once the next batch of those flushed it.
+    unflushed: bool,
     subscriber: Subscriber,
     channels: HashSet<String>,
     identity: Option<Identity>,
@@ -155,6 +176,7 @@ pub async fn run(
         socket,
         torn: None,
         broken: false,
+        unflushed: false,
         subscriber,
         channels: HashSet::new(),
         identity,
@@ -208,27 +230,67 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
 
+        // The queue is polled with the task's own waker, everything else
+        // with the group's, and only when it woke the task (see `wake_group`).
+        let mut group = WakeGroup::new();
         let close_with = loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => {
+            let event = std::future::poll_fn(|cx| {
+                if group.due(cx) {
+                    let others = &mut Context::from_waker(group.waker());
+                    // In order of precedence, as a biased select.
+                    let event = 'ready: {
+                        if shutdown.as_mut().poll(others).is_ready() {
+                            break 'ready Event::Shutdown;
+                        }
+                        if kicked.as_mut().poll(others).is_ready() {
+                            break 'ready Event::Kicked;
+                        }
+                        if expiry.as_mut().poll(others).is_ready() {
+                            break 'ready Event::Expired;
+                        }
+                        if let Poll::Ready(first) = rx.poll_recv(cx) {
+                            break 'ready Event::Queued(first);
+                        }
+                        if let Poll::Ready(incoming) = self.socket.poll_next_unpin(others) {
+                            break 'ready Event::Incoming(incoming);
+                        }
+                        if ping.poll_tick(others).is_ready() {
+                            break 'ready Event::PingDue;
+                        }
+                        // Every wait is registered with the group's waker.
+                        return Poll::Pending;
+                    };
+                    // One wait completed, or the turn ends before the rest
+                    // were polled: all of them again on the next turn.
+                    group.poll_all_next();
+                    return Poll::Ready(event);
+                }
+                rx.poll_recv(cx).map(Event::Queued)
+            })
+            .await;
+            // Only the hub's frames bypass tungstenite; anything else may
+            // leave it holding bytes (a read, too: it answers pings).
+            self.unflushed |= !matches!(event, Event::Queued(_));
+            match event {
+                Event::Shutdown => {
                     Box::pin(self.flush_queue(&mut rx)).await;
                     break Some((close::GOING_AWAY, "server shutting down"));
                 }
-                _ = &mut kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
-                _ = &mut expiry => {
-                    let e = ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
+                Event::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
+                Event::Expired => {
+                    let e =
+                        ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
                     let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
                     break Some((close::TOKEN_EXPIRED, "token expired"));
                 }
                 // Boxed: the write is live only while frames go out, and an
                 // idle connection should not carry its state.
-                first = rx.recv() => match Box::pin(self.write_queued(first, &mut rx, None)).await {
+                Event::Queued(first) => match Box::pin(self.write_queued(first, &mut rx, None)).await {
                     WriteEnd::Written => {}
                     WriteEnd::Failed | WriteEnd::OutOfTime => break None,
                     WriteEnd::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
                 },
-                incoming = self.socket.next() => {
+                Event::Incoming(incoming) => {
                     last_heard = Instant::now();
                     let message = match incoming {
                         None => break None,
@@ -241,14 +303,22 @@ impl Session {
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Next::Continue,
                         _ if !self.take_frame_token() => {
                             self.ctx.metrics.limit_hit("frame_rate");
-                            let e = ProtocolError::new("rate_limited", "more than server.max_frames_per_second frames");
-                            let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
+                            let e = ProtocolError::new(
+                                "rate_limited",
+                                "more than server.max_frames_per_second frames",
+                            );
+                            let _ =
+                                Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())]))
+                                    .await;
                             Next::Close(close::POLICY, "too many frames")
                         }
                         _ if legacy => Next::Continue,
-                        WsMessage::Text(text) => Box::pin(self.answer(protocol::parse_client_frame(&text))).await,
+                        WsMessage::Text(text) => {
+                            Box::pin(self.answer(protocol::parse_client_frame(&text))).await
+                        }
                         WsMessage::Binary(_) => {
-                            let refusal = ProtocolError::bad_request("binary frames are not supported; send JSON text");
+                            let refusal =
+                                ProtocolError::bad_request("binary frames are not supported; send JSON text");
                             Box::pin(self.answer(Err(refusal))).await
                         }
                     };
@@ -260,9 +330,12 @@ impl Session {
                     // A new token moves the expiry.
                     expiry.as_mut().reset(expiry_deadline(self.identity.as_ref()));
                 }
-                _ = ping.tick() => {
+                Event::PingDue => {
                     if last_heard.elapsed() > config.client_timeout {
-                        break Some((close::IDLE_TIMEOUT, "no frame or pong within server.client_timeout_ms"));
+                        break Some((
+                            close::IDLE_TIMEOUT,
+                            "no frame or pong within server.client_timeout_ms",
+                        ));
                     }
                     if !Box::pin(self.send_now(vec![WsMessage::Ping(Default::default())])).await {
                         break None;
@@ -351,7 +424,7 @@ impl Session {
         let kick = &self.subscriber.kick;
         let mut written = 0;
         let result = {
-            let write = write_frames(&mut self.socket, &batch, &mut written);
+            let write = write_frames(&mut self.socket, &mut self.unflushed, &batch, &mut written);
             tokio::pin!(write);
             let first_poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
             match first_poll {
@@ -574,12 +647,21 @@ impl Session {
     }
 }
 
-/// Writes a batch of pre-encoded frames: first whatever tungstenite still
-/// holds (a pong, the end of a reply), then the frames' shared bytes with
+/// Writes a batch of pre-encoded frames: first whatever tungstenite may
+/// still hold (a pong, the end of a reply: when `unflushed`), then the
+/// frames' shared bytes with
 /// vectored writes. `written` counts the batch's bytes the socket took, so
 /// a cancelled write knows where it stopped.
-async fn write_frames(socket: &mut Socket, batch: &[Outgoing], written: &mut usize) -> io::Result<()> {
-    socket.flush().await.map_err(io::Error::other)?;
+async fn write_frames(
+    socket: &mut Socket,
+    unflushed: &mut bool,
+    batch: &[Outgoing],
+    written: &mut usize,
+) -> io::Result<()> {
+    if *unflushed {
+        socket.flush().await.map_err(io::Error::other)?;
+        *unflushed = false;
+    }
     let io = socket.get_mut();
     let mut slices: Vec<IoSlice> = batch.iter().map(|out| IoSlice::new(out.frame.bytes())).collect();
     let mut unwritten = &mut slices[..];
