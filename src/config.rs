@@ -55,6 +55,11 @@ pub struct ServerSettings {
     /// buffer grows for a larger frame. tungstenite's own default, 128 KiB,
     /// would make 10,000 idle connections cost 1.3 GB.
     pub read_buffer_bytes: usize,
+    /// The kernel's send buffer per socket (`SO_SNDBUF`; Linux reserves
+    /// twice this for its bookkeeping); 0 leaves it to the kernel's
+    /// autotuning. Bounds what a client that stopped reading holds in the
+    /// kernel before its queue fills and it is closed as too slow.
+    pub socket_send_buffer_bytes: usize,
     /// How long shutdown waits for sockets to flush and close.
     pub shutdown_timeout_ms: u64,
     /// Open WebSocket connections at most; the next upgrade gets 503.
@@ -83,6 +88,7 @@ impl Default for ServerSettings {
             client_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
+            socket_send_buffer_bytes: 131_072,
             shutdown_timeout_ms: 5_000,
             max_connections: 10_000,
             max_connections_per_ip: 200,
@@ -587,6 +593,13 @@ impl Settings {
         if !(256..=1024 * 1024).contains(&s.read_buffer_bytes) {
             return Err(ConfigError::key("server.read_buffer_bytes", "must be between 256 and 1048576"));
         }
+        let send_buffer = s.socket_send_buffer_bytes;
+        if send_buffer != 0 && !(4096..=64 * 1024 * 1024).contains(&send_buffer) {
+            return Err(ConfigError::key(
+                "server.socket_send_buffer_bytes",
+                "must be 0 (the kernel's autotuning) or between 4096 and 67108864",
+            ));
+        }
         for origin in &s.allowed_origins {
             if origin.is_empty() || origin.ends_with('/') {
                 return Err(ConfigError::key(
@@ -889,6 +902,7 @@ mod tests {
         let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");
         assert_eq!(s.server.max_message_bytes, 65536);
+        assert_eq!(s.server.socket_send_buffer_bytes, 131_072);
         assert_eq!(s.source.poll_interval(), Duration::from_millis(1_000));
         assert_eq!(s.sqlite.path, PathBuf::from("orapush.db"));
         assert_eq!(s.hub.history_size, 1000);
@@ -1008,6 +1022,7 @@ mod tests {
             ("ORAPUSH__LEGACY__PUBLISH_CHANNEL", "bad channel", "legacy.publish_channel"),
             ("ORAPUSH__API__PUBLISH_KEY", "short", "api.publish_key"),
             ("ORAPUSH__SERVER__CLIENT_TIMEOUT_MS", "1000", "server.client_timeout_ms"),
+            ("ORAPUSH__SERVER__SOCKET_SEND_BUFFER_BYTES", "100", "server.socket_send_buffer_bytes"),
         ];
         for (key, value, named) in cases {
             let err = refusal(&[(key, value)]);

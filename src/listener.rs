@@ -7,6 +7,13 @@
 //! within `server.handshake_timeout_ms`, or the connection is closed
 //! (slowloris). Upgraded WebSockets leave hyper at the upgrade; their
 //! sessions are tracked and stopped by [`crate::server`].
+//!
+//! Each accepted socket gets `TCP_NODELAY` and, unless
+//! `server.socket_send_buffer_bytes` is 0, a fixed kernel send buffer: a
+//! client that stops reading then fills it within a few messages, so its
+//! connection's queue overflows and the hub closes it (1013) soon, instead
+//! of the kernel growing the buffer to `net.ipv4.tcp_wmem`'s maximum (4 MiB
+//! by default) for every stalled client, at the cost of every other one.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,17 +57,29 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How accepted connections are set up and stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptOptions {
+    /// `server.handshake_timeout_ms`: TLS and request headers.
+    pub handshake_timeout: Duration,
+    /// `server.socket_send_buffer_bytes`: the kernel's send buffer per
+    /// socket (0: the kernel's autotuning).
+    pub send_buffer_bytes: usize,
+    /// How long in-flight HTTP requests may finish after the stop.
+    pub drain: Duration,
+}
+
 /// Serves `app` on `listener` until `stop` fires, then lets in-flight HTTP
-/// requests finish for up to `drain`.
+/// requests finish for up to `options.drain`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    options: AcceptOptions,
     stop: CancellationToken,
-    drain: Duration,
     metrics: Metrics,
 ) {
+    let AcceptOptions { handshake_timeout, send_buffer_bytes, drain } = options;
     let connections = TaskTracker::new();
     let mut builder = Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
@@ -79,6 +98,11 @@ pub async fn serve(
         };
         // Pushes are small and latency-bound: never let Nagle hold one back.
         let _ = stream.set_nodelay(true);
+        if send_buffer_bytes > 0 {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer_bytes) {
+                debug!(%peer, error = %e, "could not set the socket's send buffer");
+            }
+        }
         let connection =
             Connection { stream, peer, app: app.clone(), tls: tls.clone(), builder: builder.clone() };
         let stop = stop.clone();

@@ -139,9 +139,12 @@ pub async fn run(
         listener,
         crate::http::router(state.clone()),
         tls,
-        Duration::from_millis(server.handshake_timeout_ms),
+        crate::listener::AcceptOptions {
+            handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+            send_buffer_bytes: server.socket_send_buffer_bytes,
+            drain: Duration::from_millis(server.shutdown_timeout_ms),
+        },
         listener_stop.clone(),
-        Duration::from_millis(server.shutdown_timeout_ms),
         state.metrics.clone(),
     ));
     info!(addr = %local_addr, source = ?settings.source.kind, "orapush running");

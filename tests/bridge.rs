@@ -411,6 +411,45 @@ async fn client_frames_are_answered_while_messages_flow() {
     server.stop().await.unwrap();
 }
 
+/// The server's end of each WebSocket has the kernel send buffer
+/// `server.socket_send_buffer_bytes` asks for (Linux reports twice the
+/// value), or the kernel's own when it is 0. (The server runs in this
+/// process: its accepted sockets are among this process's descriptors.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_sockets_get_the_configured_send_buffer() {
+    /// SO_SNDBUF of this process's sockets accepted on `port`.
+    fn send_buffers_accepted_on(port: u16) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            // SAFETY: the descriptor stays open while borrowed: the server
+            // keeps its connections open until the test closes its end.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+            if local.is_some_and(|a| a.port() == port) && socket.peer_addr().is_ok() {
+                sizes.push(socket.send_buffer_size().unwrap());
+            }
+        }
+        sizes
+    }
+    let server = Server::start_with(|s| s.server.socket_send_buffer_bytes = 65_536).await;
+    let mut ws = connect(&server.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    assert_eq!(send_buffers_accepted_on(server.addr.port()), [2 * 65_536]);
+    drop(ws);
+    server.stop().await.unwrap();
+
+    let autotuned = Server::start_with(|s| s.server.socket_send_buffer_bytes = 0).await;
+    let mut ws = connect(&autotuned.ws_url("/ws")).await;
+    subscribe(&mut ws, "emp").await;
+    let sizes = send_buffers_accepted_on(autotuned.addr.port());
+    assert_eq!(sizes.len(), 1);
+    assert_ne!(sizes[0], 2 * 65_536, "the kernel's default, not a fixed size");
+    drop(ws);
+    autotuned.stop().await.unwrap();
+}
+
 /// Health, readiness and metrics answer with real values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
