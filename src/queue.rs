@@ -15,9 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-
-use futures_util::task::AtomicWaker;
+use std::task::{Context, Poll, Waker};
 
 /// A queue that has written a burst keeps at most this many slots once it
 /// is empty again.
@@ -26,8 +24,7 @@ const KEEP_WHEN_EMPTY: usize = 16;
 /// A bounded queue of `capacity` items (see the module doc).
 pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false }),
-        waker: AtomicWaker::new(),
+        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false, waker: None }),
         capacity,
     });
     (QueueSender { shared: shared.clone() }, QueueReceiver { shared })
@@ -35,15 +32,17 @@ pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// The receiver's task, woken by a push into the empty queue. (A
-    /// single receiver: one atomic slot, cheaper than `Notify`'s list.)
-    waker: AtomicWaker,
     capacity: usize,
 }
 
 struct State<T> {
     items: VecDeque<T>,
     receiver_gone: bool,
+    /// The receiver's task, woken by a push into the empty queue. Kept
+    /// across wakes, and set under the lock the pushes take: the receiver
+    /// stores it once and then only compares it, so waiting costs no
+    /// more than the lock it takes to look anyway.
+    waker: Option<Waker>,
 }
 
 impl<T> Shared<T> {
@@ -99,12 +98,13 @@ impl<T> QueueSender<T> {
         }
         let was_empty = state.items.is_empty();
         state.items.push_back(item);
-        drop(state);
         // Only the push into an empty queue wakes the receiver: it waits
         // only after finding the queue empty, and takes everything queued
         // once awake, so a burst costs one wake-up, not one per item.
         if was_empty {
-            self.shared.waker.wake();
+            if let Some(waker) = &state.waker {
+                waker.wake_by_ref();
+            }
         }
         Ok(())
     }
@@ -133,14 +133,18 @@ impl<T> QueueReceiver<T> {
     }
 
     /// The next item, or `Pending` with the task registered to be woken by
-    /// the next push into the empty queue. (It registers before it looks,
-    /// so a push between the two still wakes it.)
+    /// the next push into the empty queue (under the same lock, so no push
+    /// can come between the look and the registration).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
-        self.shared.waker.register(cx.waker());
-        match self.try_recv() {
-            Some(item) => Poll::Ready(item),
-            None => Poll::Pending,
+        let mut state = self.shared.state();
+        if let Some(item) = state.items.pop_front() {
+            state.shrink_if_empty();
+            return Poll::Ready(item);
         }
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Waits for the next item (the hub keeps a sender for as long as the
@@ -154,8 +158,10 @@ impl<T> Drop for QueueReceiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.state();
         state.receiver_gone = true;
-        // Frames still queued release their receipts now.
+        // Frames still queued release their receipts now; the task's waker
+        // is not kept past its task.
         state.items.clear();
+        state.waker = None;
     }
 }
 

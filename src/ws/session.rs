@@ -416,8 +416,9 @@ impl Session {
         rx: &mut QueueReceiver<Outgoing>,
         deadline: Option<Instant>,
     ) -> WriteEnd {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        batch.push(first);
+        // Sized by what is queued (`take_into` reserves): a lone frame, the
+        // common case between bursts, costs a small allocation.
+        let mut batch = vec![first];
         rx.take_into(&mut batch, WRITE_BATCH - 1);
         let timeout = self.ctx.config.write_timeout;
         let conn = self.conn;
@@ -663,8 +664,18 @@ async fn write_frames(
         *unflushed = false;
     }
     let io = socket.get_mut();
-    let mut slices: Vec<IoSlice> = batch.iter().map(|out| IoSlice::new(out.frame.bytes())).collect();
-    let mut unwritten = &mut slices[..];
+    // A lone frame's slice lives on the stack; a batch's in a Vec.
+    let (mut lone, mut slices);
+    let mut unwritten: &mut [IoSlice] = match batch {
+        [out] => {
+            lone = [IoSlice::new(out.frame.bytes())];
+            &mut lone
+        }
+        _ => {
+            slices = batch.iter().map(|out| IoSlice::new(out.frame.bytes())).collect::<Vec<_>>();
+            &mut slices
+        }
+    };
     while !unwritten.is_empty() {
         match io.write_vectored(unwritten).await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),

@@ -16,24 +16,26 @@
 //! keeps the group's waker from its last poll, so no wake is missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
 
 /// A waker for a group of waits that remembers it fired (see the module doc).
 pub struct WakeGroup {
     shared: Arc<Shared>,
     /// `shared` as a [`Waker`], made once.
     waker: Waker,
+    /// The task waker last put in `shared.task`: while the task's waker
+    /// does not change, a turn does not touch the lock.
+    registered: Option<Waker>,
     /// Poll the whole group on the next turn, woken or not.
     poll_all: bool,
 }
 
 struct Shared {
     woken: AtomicBool,
-    /// The task to wake (registered on every turn; cheap when unchanged).
-    task: AtomicWaker,
+    /// The task to wake: kept across wakes, replaced only if the task's
+    /// waker changes.
+    task: Mutex<Option<Waker>>,
 }
 
 impl Wake for Shared {
@@ -44,23 +46,30 @@ impl Wake for Shared {
     fn wake_by_ref(self: &Arc<Self>) {
         // Recorded before the task is woken, so its next turn sees it.
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
     }
 }
 
 impl WakeGroup {
     /// A group whose waits are all polled on the first turn.
     pub fn new() -> Self {
-        let shared = Arc::new(Shared { woken: AtomicBool::new(false), task: AtomicWaker::new() });
-        Self { waker: Waker::from(shared.clone()), shared, poll_all: true }
+        let shared = Arc::new(Shared { woken: AtomicBool::new(false), task: Mutex::new(None) });
+        Self { waker: Waker::from(shared.clone()), shared, registered: None, poll_all: true }
     }
 
     /// Whether the group's waits must be polled on this turn of the task
     /// whose context is `cx`: one of them woke it since the last turn, or
-    /// [`Self::poll_all_next`] asked for it. Registers the task first, so a
-    /// wake that comes while the group is being polled wakes it again.
+    /// [`Self::poll_all_next`] asked for it. Registers the task first (if
+    /// its waker changed), so a wake that comes while the group is being
+    /// polled wakes it again.
     pub fn due(&mut self, cx: &Context<'_>) -> bool {
-        self.shared.task.register(cx.waker());
+        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let task = cx.waker().clone();
+            *self.shared.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+            self.registered = Some(task);
+        }
         let woken = self.shared.woken.swap(false, Ordering::AcqRel);
         woken | std::mem::take(&mut self.poll_all)
     }
@@ -107,9 +116,16 @@ mod tests {
         group.poll_all_next();
         assert!(group.due(&cx));
         assert!(!group.due(&cx));
-        // A wake before the task registered again is still recorded.
+        // The task's waker is kept across wakes: each one wakes the task.
         group.waker().wake_by_ref();
         group.waker().wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 3);
         assert!(group.due(&cx));
+        // A task whose waker changed is woken through the new one.
+        let moved = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let moved_waker = Waker::from(moved.clone());
+        assert!(!group.due(&Context::from_waker(&moved_waker)));
+        group.waker().wake_by_ref();
+        assert_eq!((task.0.load(Ordering::SeqCst), moved.0.load(Ordering::SeqCst)), (3, 1));
     }
 }
