@@ -1102,8 +1102,9 @@ async fn pinned_broadcast_section(
 const SLOW_RUN_QUEUE: usize = 256;
 
 /// The slow-consumer runs' message size: large enough that a socket that
-/// is never read fills its kernel buffers (up to `tcp_wmem`'s 4 MiB) within
-/// a few hundred messages, so orapush's own limits are what the run tests.
+/// is never read fills its kernel buffers (`server.socket_send_buffer_bytes`,
+/// or up to `tcp_wmem`'s 4 MiB with that key at 0) within a few hundred
+/// messages, so orapush's own limits are what the run tests.
 const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
 
 /// Fan-out latency for every server at two sizes, then slow consumers
