@@ -735,22 +735,26 @@ impl Hub {
                 }
                 kept
             });
+            // Counted once per message, not once per subscriber.
+            metrics.deliveries.inc_by(delivered as u64);
         }
         let Some(data) = out.data else { return delivered };
         if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
             return delivered;
         }
         let bare = WireFrame::text(data);
+        let mut delivered_bare = 0;
         legacy.retain(|_, sub| {
             let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
             if !permitted || !may_receive(sub, out.target) {
                 return true;
             }
             let kept = deliver(sub, &bare, out.receipt, metrics);
-            delivered += usize::from(kept);
+            delivered_bare += usize::from(kept);
             kept
         });
-        delivered
+        metrics.deliveries.inc_by(delivered_bare as u64);
+        delivered + delivered_bare
     }
 
     /// The channel's numbering restarted (Redis lost its data) or could not
@@ -782,6 +786,7 @@ impl Hub {
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
             let kept = deliver(sub, &notice, None, metrics);
+            metrics.deliveries.inc_by(u64::from(kept));
             if !kept {
                 metrics.subscriptions.dec();
             }
@@ -937,13 +942,11 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
+/// The caller counts the deliveries (once per message, not per subscriber).
 fn deliver(sub: &Subscriber, frame: &WireFrame, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
     let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
     match sub.tx.try_send(outgoing) {
-        Ok(()) => {
-            metrics.deliveries.inc();
-            true
-        }
+        Ok(()) => true,
         Err(crate::queue::TrySendError::Full(_)) => {
             metrics.dropped.inc();
             metrics.slow_consumers.inc();

@@ -10,13 +10,15 @@
 //!
 //! Each accepted socket gets `TCP_NODELAY` and, unless
 //! `server.socket_send_buffer_bytes` is 0, a fixed kernel send buffer: a
-//! client that stops reading then fills it within a few messages, so its
-//! connection's queue overflows and the hub closes it (1013) soon, instead
-//! of the kernel growing the buffer to `net.ipv4.tcp_wmem`'s maximum (4 MiB
-//! by default) for every stalled client, at the cost of every other one.
+//! client that stops reading fills it (128 KiB by default, which Linux
+//! doubles) and then its connection's queue, and the hub closes it (1013),
+//! instead of the kernel growing the buffer to `net.ipv4.tcp_wmem`'s
+//! maximum (4 MiB by default) for every stalled client, at the cost of
+//! every other one.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,9 +101,7 @@ pub async fn serve(
         // Pushes are small and latency-bound: never let Nagle hold one back.
         let _ = stream.set_nodelay(true);
         if send_buffer_bytes > 0 {
-            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer_bytes) {
-                debug!(%peer, error = %e, "could not set the socket's send buffer");
-            }
+            set_send_buffer(&stream, send_buffer_bytes, peer);
         }
         let connection =
             Connection { stream, peer, app: app.clone(), tls: tls.clone(), builder: builder.clone() };
@@ -120,6 +120,30 @@ pub async fn serve(
     connections.close();
     if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         warn!("some HTTP requests were still running at shutdown");
+    }
+}
+
+/// Gives `stream` a fixed kernel send buffer of `bytes`. Linux caps it at
+/// `net.core.wmem_max` without an error (and reports twice what it keeps),
+/// so the value is read back, and a cut is logged once.
+fn set_send_buffer(stream: &TcpStream, bytes: usize, peer: SocketAddr) {
+    static CUT_LOGGED: AtomicBool = AtomicBool::new(false);
+    let socket = socket2::SockRef::from(stream);
+    if let Err(e) = socket.set_send_buffer_size(bytes) {
+        debug!(%peer, error = %e, "could not set the socket's send buffer");
+        return;
+    }
+    let kept = match socket.send_buffer_size() {
+        Ok(reported) if cfg!(target_os = "linux") => reported / 2,
+        Ok(reported) => reported,
+        Err(_) => return,
+    };
+    if kept < bytes && !CUT_LOGGED.swap(true, Ordering::Relaxed) {
+        warn!(
+            asked = bytes,
+            kept,
+            "the kernel cut server.socket_send_buffer_bytes (raise net.core.wmem_max, or lower the key)"
+        );
     }
 }
 

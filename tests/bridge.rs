@@ -359,7 +359,8 @@ async fn bad_frames_get_errors_and_the_server_keeps_serving() {
 /// the socket above all, must still be polled whenever they fire.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_frames_are_answered_while_messages_flow() {
-    let server = Server::start().await;
+    // Rounds come faster than the default 50 client frames a second.
+    let server = Server::start_with(|s| s.server.max_frames_per_second = 100_000).await;
     let mut ws = connect(&server.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -374,25 +375,53 @@ async fn client_frames_are_answered_while_messages_flow() {
             rows
         })
     };
+    // Rows flow from here on: the first one has reached the socket.
     let mut ids = Vec::new();
-    let mut answered_amid_messages = 0;
-    for round in 0..20u8 {
-        let before = ids.len();
-        ws.send(Message::Ping(vec![round].into())).await.unwrap();
-        send_json(&mut ws, json!({"op": "ping"})).await;
-        if round == 10 {
-            send_json(&mut ws, json!({"op": "subscribe", "channel": "dept"})).await;
+    while ids.is_empty() {
+        let frame = next_json(&mut ws).await;
+        if frame["type"] == "message" {
+            ids.push(frame["id"].as_str().unwrap().parse::<i64>().unwrap());
         }
-        let (mut pong, mut ping_reply, mut subscribed) = (false, false, round != 10);
-        while !(pong && ping_reply && subscribed) {
+    }
+    // Rounds until 10 of them were answered amid messages (rows keep
+    // coming, so only a session that stopped reading or writing runs out
+    // of time).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut answered_amid_messages = 0;
+    let mut round = 0u32;
+    while answered_amid_messages < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {answered_amid_messages} rounds overlapped messages"
+        );
+        round += 1;
+        let before = ids.len();
+        let tag = round.to_be_bytes();
+        ws.send(Message::Ping(tag.to_vec().into())).await.unwrap();
+        send_json(&mut ws, json!({"op": "ping"})).await;
+        // Every fifth round subscribes to `dept` or leaves it again.
+        let op = match round % 10 {
+            5 => Some(("subscribe", "subscribed")),
+            0 => Some(("unsubscribe", "unsubscribed")),
+            _ => None,
+        };
+        if let Some((op, _)) = op {
+            send_json(&mut ws, json!({"op": op, "channel": "dept"})).await;
+        }
+        let (mut pong, mut ping_reply, mut answered) = (false, false, op.is_none());
+        while !(pong && ping_reply && answered) {
             match tokio::time::timeout(PATIENCE, ws.next()).await.expect("answers amid the messages") {
-                Some(Ok(Message::Pong(data))) => pong |= data[..] == [round],
+                Some(Ok(Message::Pong(data))) => pong |= data[..] == tag,
                 Some(Ok(Message::Text(text))) => {
                     let frame: Value = serde_json::from_str(&text).unwrap();
                     match frame["type"].as_str() {
                         Some("message") => ids.push(frame["id"].as_str().unwrap().parse::<i64>().unwrap()),
                         Some("pong") => ping_reply = true,
-                        Some("subscribed") => subscribed |= frame["channel"] == "dept",
+                        Some(reply @ ("subscribed" | "unsubscribed")) => {
+                            assert_eq!(op.map(|(_, expected)| expected), Some(reply), "{frame}");
+                            assert_eq!(frame["channel"], "dept");
+                            answered = true;
+                        }
                         _ => panic!("unexpected frame {frame}"),
                     }
                 }
@@ -406,8 +435,7 @@ async fn client_frames_are_answered_while_messages_flow() {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let rows = writer.join().unwrap();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "messages in order");
-    assert!(answered_amid_messages > 0, "no round had messages flowing ({rows} rows written)");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "messages in order ({rows} rows written)");
     server.stop().await.unwrap();
 }
 
@@ -417,35 +445,37 @@ async fn client_frames_are_answered_while_messages_flow() {
 /// process: its accepted sockets are among this process's descriptors.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_sockets_get_the_configured_send_buffer() {
-    /// SO_SNDBUF of this process's sockets accepted on `port`.
-    fn send_buffers_accepted_on(port: u16) -> Vec<usize> {
-        let mut sizes = Vec::new();
+    /// SO_SNDBUF of the server's end of `client`'s connection: the socket
+    /// among this process's descriptors whose peer is the client's address.
+    fn server_send_buffer(client: &Ws) -> usize {
+        let tokio_tungstenite::MaybeTlsStream::Plain(stream) = client.get_ref() else { panic!("plain TCP") };
+        let client_addr = stream.local_addr().unwrap();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
             let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            // SAFETY: the descriptor stays open while borrowed: the server
-            // keeps its connections open until the test closes its end.
+            // SAFETY: only read through (getpeername, getsockopt). Other
+            // tests may close and reuse a descriptor meanwhile; then these
+            // calls fail or see another socket, whose peer is not ours.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             let socket = socket2::SockRef::from(&fd);
-            let local = socket.local_addr().ok().and_then(|a| a.as_socket());
-            if local.is_some_and(|a| a.port() == port) && socket.peer_addr().is_ok() {
-                sizes.push(socket.send_buffer_size().unwrap());
+            if socket.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client_addr) {
+                found.push(socket.send_buffer_size().unwrap());
             }
         }
-        sizes
+        assert_eq!(found.len(), 1, "one server socket is connected to {client_addr}");
+        found[0]
     }
     let server = Server::start_with(|s| s.server.socket_send_buffer_bytes = 65_536).await;
     let mut ws = connect(&server.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
-    assert_eq!(send_buffers_accepted_on(server.addr.port()), [2 * 65_536]);
+    assert_eq!(server_send_buffer(&ws), 2 * 65_536);
     drop(ws);
     server.stop().await.unwrap();
 
     let autotuned = Server::start_with(|s| s.server.socket_send_buffer_bytes = 0).await;
     let mut ws = connect(&autotuned.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
-    let sizes = send_buffers_accepted_on(autotuned.addr.port());
-    assert_eq!(sizes.len(), 1);
-    assert_ne!(sizes[0], 2 * 65_536, "the kernel's default, not a fixed size");
+    assert_ne!(server_send_buffer(&ws), 2 * 65_536, "the kernel's default, not a fixed size");
     drop(ws);
     autotuned.stop().await.unwrap();
 }

@@ -472,7 +472,11 @@ async fn recovery_survives_a_graceful_restart_but_not_a_crash() {
     }
 }
 
-/// Many channels (50,000 here; 200,000 measured by hand, see BENCHMARKS.md) with one message each: after hub.history_ttl_s the channel and history gauges fall to 0 and at least 90% of the anonymous RSS (the heap) they took comes back.
+/// Many channels (50,000 here; 200,000 measured by hand, see BENCHMARKS.md) with one message each: after hub.history_ttl_s the channel and history gauges fall to 0 and at least 75% of the anonymous RSS (the heap) they took comes back.
+/// (The allocator gives back whole free pages only: small allocations that
+/// outlive the channels pin some of theirs, so 81–100% came back over
+/// repeated runs, on this commit and the ones before it; memory that is
+/// leaked or never given back would show close to 0%.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_of_many_channels_expires_and_memory_comes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,14 +506,14 @@ async fn history_of_many_channels_expires_and_memory_comes_back() {
     assert!(peak > before + 20_000, "the channels never took memory: {before} -> {peak} KiB");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let after = loop {
-        // Given back: at least 90% of what the channels took.
+        // Given back: at least 75% of what the channels took.
         let now = anon_rss_kib(server.pid());
-        if now <= before + (peak - before) / 10 {
+        if now <= before + (peak - before) / 4 {
             break now;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "anonymous RSS {now} KiB: less than 90% of the {} KiB the channels took came back (start {before} KiB, peak {peak} KiB)",
+            "anonymous RSS {now} KiB: less than 75% of the {} KiB the channels took came back (start {before} KiB, peak {peak} KiB)",
             peak - before
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

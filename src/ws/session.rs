@@ -47,7 +47,7 @@ use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use super::protocol::{self, close, ClientFrame, ProtocolError};
 use super::upgrade::Socket;
-use super::wake_group::WakeGroup;
+use super::wake_group::{Due, WakeGroup};
 use crate::auth::{now_unix, Access, Identity};
 use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
@@ -235,10 +235,11 @@ impl Session {
         let mut group = WakeGroup::new();
         let close_with = loop {
             let event = std::future::poll_fn(|cx| {
-                if group.due(cx) {
-                    let others = &mut Context::from_waker(group.waker());
-                    // In order of precedence, as a biased select.
-                    let event = 'ready: {
+                let due = group.due(cx);
+                let others = &mut Context::from_waker(group.waker());
+                // In order of precedence, as a biased select.
+                let event = 'ready: {
+                    if due == Due::All {
                         if shutdown.as_mut().poll(others).is_ready() {
                             break 'ready Event::Shutdown;
                         }
@@ -248,24 +249,31 @@ impl Session {
                         if expiry.as_mut().poll(others).is_ready() {
                             break 'ready Event::Expired;
                         }
-                        if let Poll::Ready(first) = rx.poll_recv(cx) {
-                            break 'ready Event::Queued(first);
+                    }
+                    if let Poll::Ready(first) = rx.poll_recv(cx) {
+                        // Those before the queue still wait; those after
+                        // it were not polled if they were due.
+                        if due != Due::Nothing {
+                            group.poll_after_queue_next();
                         }
+                        return Poll::Ready(Event::Queued(first));
+                    }
+                    if due != Due::Nothing {
                         if let Poll::Ready(incoming) = self.socket.poll_next_unpin(others) {
                             break 'ready Event::Incoming(incoming);
                         }
                         if ping.poll_tick(others).is_ready() {
                             break 'ready Event::PingDue;
                         }
-                        // Every wait is registered with the group's waker.
-                        return Poll::Pending;
-                    };
-                    // One wait completed, or the turn ends before the rest
-                    // were polled: all of them again on the next turn.
-                    group.poll_all_next();
-                    return Poll::Ready(event);
-                }
-                rx.poll_recv(cx).map(Event::Queued)
+                    }
+                    // Every wait is registered: the queue with the task's
+                    // waker, the others with the group's.
+                    return Poll::Pending;
+                };
+                // One of the group's waits completed (or came before one
+                // that did, unpolled): all of them again on the next turn.
+                group.poll_all_next();
+                Poll::Ready(event)
             })
             .await;
             // Only the hub's frames bypass tungstenite; anything else may

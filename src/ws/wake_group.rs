@@ -12,8 +12,12 @@
 //! wakes the task like the task's own waker, and records that it did, so
 //! the session polls the group only after such a wake ([`WakeGroup::due`])
 //! or after one of its waits completed (which must be polled again before
-//! it waits again: [`WakeGroup::poll_all_next`]). Between those, each wait
-//! keeps the group's waker from its last poll, so no wake is missed.
+//! it waits again: [`WakeGroup::poll_all_next`]). A turn that stops at the
+//! queue leaves the waits after it to the next turn
+//! ([`WakeGroup::poll_after_queue_next`]), not the whole group: a burst
+//! after a wake does not poll the shared shutdown token on every batch.
+//! Between those, each wait keeps the group's waker from its last poll, so
+//! no wake is missed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +33,21 @@ pub struct WakeGroup {
     registered: Option<Waker>,
     /// Poll the whole group on the next turn, woken or not.
     poll_all: bool,
+    /// Poll the waits that come after the queue on the next turn: a turn
+    /// that polled the whole group stopped at the queue.
+    after_queue: bool,
+}
+
+/// Which of the group's waits a turn must poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// None: only the queue woke the task.
+    Nothing,
+    /// Those after the queue (in the session's order of precedence): the
+    /// others were polled on an earlier turn and still wait.
+    AfterQueue,
+    /// All of them.
+    All,
 }
 
 struct Shared {
@@ -56,22 +75,36 @@ impl WakeGroup {
     /// A group whose waits are all polled on the first turn.
     pub fn new() -> Self {
         let shared = Arc::new(Shared { woken: AtomicBool::new(false), task: Mutex::new(None) });
-        Self { waker: Waker::from(shared.clone()), shared, registered: None, poll_all: true }
+        Self {
+            waker: Waker::from(shared.clone()),
+            shared,
+            registered: None,
+            poll_all: true,
+            after_queue: false,
+        }
     }
 
-    /// Whether the group's waits must be polled on this turn of the task
-    /// whose context is `cx`: one of them woke it since the last turn, or
-    /// [`Self::poll_all_next`] asked for it. Registers the task first (if
+    /// Which of the group's waits must be polled on this turn of the task
+    /// whose context is `cx`: all of them if one woke it since the last
+    /// turn or [`Self::poll_all_next`] asked for it, those after the queue
+    /// if [`Self::poll_after_queue_next`] did. Registers the task first (if
     /// its waker changed), so a wake that comes while the group is being
     /// polled wakes it again.
-    pub fn due(&mut self, cx: &Context<'_>) -> bool {
+    pub fn due(&mut self, cx: &Context<'_>) -> Due {
         if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             let task = cx.waker().clone();
             *self.shared.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
             self.registered = Some(task);
         }
         let woken = self.shared.woken.swap(false, Ordering::AcqRel);
-        woken | std::mem::take(&mut self.poll_all)
+        let after_queue = std::mem::take(&mut self.after_queue);
+        if woken | std::mem::take(&mut self.poll_all) {
+            Due::All
+        } else if after_queue {
+            Due::AfterQueue
+        } else {
+            Due::Nothing
+        }
     }
 
     /// The waker the group's waits are polled with.
@@ -79,10 +112,16 @@ impl WakeGroup {
         &self.waker
     }
 
-    /// One of the group's waits completed, or the turn ended before all of
-    /// them were polled: poll them all on the next turn.
+    /// One of the group's waits completed: poll them all on the next turn
+    /// (the one that completed must be polled again to wait again).
     pub fn poll_all_next(&mut self) {
         self.poll_all = true;
+    }
+
+    /// The turn stopped at the queue before the waits after it were
+    /// polled: poll those on the next turn.
+    pub fn poll_after_queue_next(&mut self) {
+        self.after_queue = true;
     }
 }
 
@@ -100,32 +139,40 @@ mod tests {
     }
 
     /// Due on the first turn; then only after the group's waker fired (which
-    /// also wakes the task) or after `poll_all_next`.
+    /// also wakes the task) or when asked; a turn asked to poll after the
+    /// queue polls those waits once.
     #[test]
     fn due_after_its_waker_fired_or_when_asked() {
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let task_waker = Waker::from(task.clone());
         let cx = Context::from_waker(&task_waker);
         let mut group = WakeGroup::new();
-        assert!(group.due(&cx), "the first turn polls everything");
-        assert!(!group.due(&cx));
+        assert_eq!(group.due(&cx), Due::All, "the first turn polls everything");
+        assert_eq!(group.due(&cx), Due::Nothing);
         group.waker().wake_by_ref();
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "the group's wake wakes the task");
-        assert!(group.due(&cx));
-        assert!(!group.due(&cx), "a wake is seen once");
+        assert_eq!(group.due(&cx), Due::All);
+        assert_eq!(group.due(&cx), Due::Nothing, "a wake is seen once");
         group.poll_all_next();
-        assert!(group.due(&cx));
-        assert!(!group.due(&cx));
+        assert_eq!(group.due(&cx), Due::All);
+        group.poll_after_queue_next();
+        assert_eq!(group.due(&cx), Due::AfterQueue);
+        assert_eq!(group.due(&cx), Due::Nothing);
+        // A wake outranks a turn owed after the queue.
+        group.poll_after_queue_next();
+        group.waker().wake_by_ref();
+        assert_eq!(group.due(&cx), Due::All);
+        assert_eq!(group.due(&cx), Due::Nothing);
         // The task's waker is kept across wakes: each one wakes the task.
         group.waker().wake_by_ref();
         group.waker().wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 3);
-        assert!(group.due(&cx));
+        assert_eq!(task.0.load(Ordering::SeqCst), 4);
+        assert_eq!(group.due(&cx), Due::All);
         // A task whose waker changed is woken through the new one.
         let moved = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let moved_waker = Waker::from(moved.clone());
-        assert!(!group.due(&Context::from_waker(&moved_waker)));
+        assert_eq!(group.due(&Context::from_waker(&moved_waker)), Due::Nothing);
         group.waker().wake_by_ref();
-        assert_eq!((task.0.load(Ordering::SeqCst), moved.0.load(Ordering::SeqCst)), (3, 1));
+        assert_eq!((task.0.load(Ordering::SeqCst), moved.0.load(Ordering::SeqCst)), (4, 1));
     }
 }
