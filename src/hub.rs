@@ -724,6 +724,7 @@ impl Hub {
         let mut delivered = 0;
         if !subscribers.is_empty() {
             let frame = WireFrame::text(out.text);
+            subscribers.values().for_each(|sub| sub.tx.prefetch());
             subscribers.retain(|_, sub| {
                 if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                     return true;
@@ -744,6 +745,7 @@ impl Hub {
         }
         let bare = WireFrame::text(data);
         let mut delivered_bare = 0;
+        legacy.values().for_each(|sub| sub.tx.prefetch());
         legacy.retain(|_, sub| {
             let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
             if !permitted || !may_receive(sub, out.target) {

@@ -87,6 +87,21 @@ impl<T> std::fmt::Debug for QueueSender<T> {
 }
 
 impl<T> QueueSender<T> {
+    /// Asks the CPU to fetch the queue's lock and state into its cache,
+    /// without waiting. The hub calls it for every subscriber of a message
+    /// before it pushes to any: the fetches of thousands of queues then
+    /// overlap, instead of each push waiting for its own (they were most of
+    /// the cost of a push at 10,000 subscribers).
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint: it reads nothing the program
+        // sees and cannot fault, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(Arc::as_ptr(&self.shared).cast());
+        }
+    }
+
     /// Queues `item` without waiting.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         let mut state = self.shared.state();
