@@ -188,9 +188,17 @@ fn server_command(program: &std::ffi::OsStr) -> Command {
 
 /// Pins every thread of this process (the load client) to core 1, or lets
 /// them run anywhere again; servers started meanwhile go to core 0.
+///
+/// The cores are those online, not `available_parallelism`: that follows
+/// the calling thread's own affinity, so once pinned to core 1 it saw one
+/// core, "anywhere" became core 0 alone, and the next pinning asked for an
+/// empty set, which the kernel refused: every section after the first
+/// pinned one ran the client on the server's core.
 fn pin(pinned: bool) {
     PIN_SERVERS.store(pinned, Ordering::SeqCst);
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    // SAFETY: sysconf only reads a system value.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cores = usize::try_from(online).unwrap_or(2).max(2);
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for core in 0..cores {
@@ -201,7 +209,12 @@ fn pin(pinned: bool) {
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else { continue };
         // SAFETY: sets the affinity of one of this process's own threads.
-        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        let set_ok =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } == 0;
+        // A thread may end between the listing and the call (ESRCH); any
+        // other failure leaves the client where it should not be.
+        let error = std::io::Error::last_os_error();
+        assert!(set_ok || error.raw_os_error() == Some(libc::ESRCH), "pinning thread {tid}: {error}");
     }
 }
 
