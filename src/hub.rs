@@ -783,17 +783,19 @@ impl Hub {
                 replay: Vec::new(),
             },
         ));
+        let mut delivered = 0;
         channel.subscribers.retain(|_, sub| {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
             let kept = deliver(sub, &notice, None, metrics);
-            metrics.deliveries.inc_by(u64::from(kept));
+            delivered += u64::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
             }
             kept
         });
+        metrics.deliveries.inc_by(delivered);
     }
 
     /// The last frame delivered here for a channel, when the channel has

@@ -52,6 +52,13 @@ impl<T> Shared<T> {
 }
 
 impl<T> State<T> {
+    /// The first item, if any; the queue shrinks if that emptied it.
+    fn pop_front(&mut self) -> Option<T> {
+        let item = self.items.pop_front();
+        self.shrink_if_empty();
+        item
+    }
+
     /// An emptied queue keeps at most [`KEEP_WHEN_EMPTY`] slots.
     fn shrink_if_empty(&mut self) {
         if self.items.is_empty() && self.items.capacity() > KEEP_WHEN_EMPTY {
@@ -133,10 +140,7 @@ pub struct QueueReceiver<T> {
 impl<T> QueueReceiver<T> {
     /// The next item, if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        let mut state = self.shared.state();
-        let item = state.items.pop_front();
-        state.shrink_if_empty();
-        item
+        self.shared.state().pop_front()
     }
 
     /// Moves up to `max` queued items to the end of `into`, under one lock.
@@ -152,8 +156,7 @@ impl<T> QueueReceiver<T> {
     /// can come between the look and the registration).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
         let mut state = self.shared.state();
-        if let Some(item) = state.items.pop_front() {
-            state.shrink_if_empty();
+        if let Some(item) = state.pop_front() {
             return Poll::Ready(item);
         }
         if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
