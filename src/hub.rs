@@ -29,9 +29,17 @@
 //!   channel's latest at that instant, and every later message goes to the
 //!   queue, which the session drains only after it has written the replay.
 //! - The lock is a std `Mutex`, never held across an `.await`.
+//! - A message that comes after the hub was quiet (see
+//!   [`QUIET_BEFORE_DIRECT`]) is written by the hub itself to the sockets
+//!   of idle connections, once it has let go of its lock, on a task of its
+//!   own (see "Direct writes" in `queue`, and [`DirectWrites`]): a lone
+//!   message then costs each of them one `sendmsg`, not a task's wake and
+//!   turn. Messages closer together go through the queues, where each
+//!   connection writes what piled up with one `writev`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,7 +53,19 @@ use tungstenite::Utf8Bytes;
 use crate::config::{HubSettings, UserCase};
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
+use crate::queue::{DirectItem, QueueSender, Sent};
 use crate::wire::WireFrame;
+
+/// How long the hub must have been quiet (no fan-out ended, no direct
+/// writes under way) for a message to be written straight to idle
+/// sockets. At least this; at least a quarter of the time the last direct
+/// writes took, so that they stop before they keep the hub busy most of the
+/// time; and, if other messages came while those writes went on (a burst),
+/// at least as long as they took. Messages closer together than that are
+/// queued instead, so that each connection writes what piled up in one
+/// `writev`: a burst costs far less per delivery that way than one write
+/// per message.
+pub const QUIET_BEFORE_DIRECT: Duration = Duration::from_millis(5);
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -57,6 +77,16 @@ pub struct Outgoing {
     pub frame: WireFrame,
     /// Held until the frame has been written to the socket (see [`Receipt`]).
     pub receipt: Option<Receipt>,
+}
+
+impl DirectItem for Outgoing {
+    fn wire_bytes(&self) -> &[u8] {
+        self.frame.bytes()
+    }
+
+    fn rest(self, written: usize) -> Self {
+        Self { frame: self.frame.rest(written), receipt: self.receipt }
+    }
 }
 
 /// Completes when every clone has been dropped: the drainer hands a batch to
@@ -200,6 +230,18 @@ struct HubInner {
     config: HubConfig,
     legacy_patterns: Vec<ChannelPattern>,
     metrics: Metrics,
+    /// When the last fan-out ended, in microseconds since `started`, and
+    /// how long the last direct writes took (see [`QUIET_BEFORE_DIRECT`]).
+    last_fanout_end_us: AtomicU64,
+    last_direct_writes_us: AtomicU64,
+    /// Direct writes under way: no other message goes direct meanwhile (it
+    /// queues behind them, or wakes the sessions they are done with).
+    direct_writers: AtomicUsize,
+    /// Whether other messages came while the last direct writes went on
+    /// (they wrote more frames than sockets): a burst, which batches
+    /// better through the sessions.
+    last_direct_overlapped: AtomicBool,
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -326,6 +368,11 @@ impl Hub {
                 config,
                 legacy_patterns,
                 metrics,
+                last_fanout_end_us: AtomicU64::new(0),
+                last_direct_writes_us: AtomicU64::new(0),
+                direct_writers: AtomicUsize::new(0),
+                last_direct_overlapped: AtomicBool::new(false),
+                started: Instant::now(),
             }),
         }
     }
@@ -387,7 +434,8 @@ impl Hub {
             target,
             receipt,
         };
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
+        let mut claimed = Vec::new();
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut claimed);
 
         let config = &self.inner.config;
         if config.history_size > 0 {
@@ -406,6 +454,8 @@ impl Hub {
             let _ = self.sweep_locked(&mut state, Instant::now());
         }
         self.update_gauges(&state);
+        drop(state);
+        self.finish_fan_out(claimed);
         published
     }
 
@@ -706,21 +756,67 @@ impl Hub {
             target,
             receipt: None,
         };
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
+        let mut claimed = Vec::new();
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut claimed);
+        drop(state);
+        self.finish_fan_out(claimed);
         RemoteDelivery::Delivered(delivered)
+    }
+
+    /// Whether the hub was quiet long enough for a message to be written
+    /// straight to idle sockets (see [`QUIET_BEFORE_DIRECT`]).
+    fn quiet(&self) -> bool {
+        let inner = &self.inner;
+        if inner.direct_writers.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let quiet_for =
+            self.micros_since_start().saturating_sub(inner.last_fanout_end_us.load(Ordering::Relaxed));
+        let took = inner.last_direct_writes_us.load(Ordering::Relaxed);
+        let needed = if inner.last_direct_overlapped.load(Ordering::Relaxed) { took } else { took / 4 };
+        quiet_for >= needed.max(QUIET_BEFORE_DIRECT.as_micros() as u64)
+    }
+
+    fn micros_since_start(&self) -> u64 {
+        self.inner.started.elapsed().as_micros() as u64
+    }
+
+    /// Writes the frames of the sockets a fan-out claimed, outside the hub's
+    /// lock (on a task of its own when on the runtime: see
+    /// [`DirectWrites`]), and marks the end of the fan-out.
+    fn finish_fan_out(&self, claimed: Vec<QueueSender<Outgoing>>) {
+        if claimed.is_empty() {
+            self.inner.last_fanout_end_us.store(self.micros_since_start(), Ordering::Relaxed);
+            return;
+        }
+        let writes = DirectWrites {
+            hub: self.clone(),
+            started_us: self.micros_since_start(),
+            claimed,
+            done: 0,
+            written: 0,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(writes.run())),
+            Err(_) => writes.run_now(),
+        }
     }
 
     /// Queues a frame to a channel's subscribers that may receive it
     /// (dropping those whose queue overflowed) and its bare `data` to the
     /// legacy `/` connections that want the channel. Returns how many
-    /// connections got it.
+    /// connections got it. If the hub was quiet, idle connections' sockets
+    /// are claimed into `claimed`, for [`Self::finish_fan_out`] to write to
+    /// once the hub's lock is let go.
     fn fan_out(
         &self,
         subscribers: &mut HashMap<ConnId, Subscriber>,
         legacy: &mut HashMap<ConnId, Subscriber>,
         out: &Fanout<'_>,
+        claimed: &mut Vec<QueueSender<Outgoing>>,
     ) -> usize {
         let metrics = &self.inner.metrics;
+        let claim = self.quiet();
         let mut delivered = 0;
         if !subscribers.is_empty() {
             let frame = WireFrame::text(out.text);
@@ -729,7 +825,7 @@ impl Hub {
                 if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                     return true;
                 }
-                let kept = deliver(sub, &frame, out.receipt, metrics);
+                let kept = deliver(sub, &frame, out.receipt, metrics, claim.then_some(&mut *claimed));
                 delivered += usize::from(kept);
                 if !kept {
                     metrics.subscriptions.dec();
@@ -739,9 +835,27 @@ impl Hub {
             // Counted once per message, not once per subscriber.
             metrics.deliveries.inc_by(delivered as u64);
         }
-        let Some(data) = out.data else { return delivered };
+        let delivered = delivered + self.fan_out_legacy(legacy, out, claim, claimed);
+        if !claimed.is_empty() {
+            // Under the hub's lock, as `quiet` is read: no other message
+            // claims sockets until these are written.
+            self.inner.direct_writers.fetch_add(1, Ordering::Relaxed);
+        }
+        delivered
+    }
+
+    /// [`Self::fan_out`]'s part for the legacy `/` connections.
+    fn fan_out_legacy(
+        &self,
+        legacy: &mut HashMap<ConnId, Subscriber>,
+        out: &Fanout<'_>,
+        claim: bool,
+        claimed: &mut Vec<QueueSender<Outgoing>>,
+    ) -> usize {
+        let metrics = &self.inner.metrics;
+        let Some(data) = out.data else { return 0 };
         if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
-            return delivered;
+            return 0;
         }
         let bare = WireFrame::text(data);
         let mut delivered_bare = 0;
@@ -751,12 +865,12 @@ impl Hub {
             if !permitted || !may_receive(sub, out.target) {
                 return true;
             }
-            let kept = deliver(sub, &bare, out.receipt, metrics);
+            let kept = deliver(sub, &bare, out.receipt, metrics, claim.then_some(&mut *claimed));
             delivered_bare += usize::from(kept);
             kept
         });
         metrics.deliveries.inc_by(delivered_bare as u64);
-        delivered + delivered_bare
+        delivered_bare
     }
 
     /// The channel's numbering restarted (Redis lost its data) or could not
@@ -788,7 +902,7 @@ impl Hub {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
-            let kept = deliver(sub, &notice, None, metrics);
+            let kept = deliver(sub, &notice, None, metrics, None);
             delivered += u64::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
@@ -937,6 +1051,60 @@ fn give_memory_back() {
     }
 }
 
+/// Sockets written per turn of a [`DirectWrites`] task, between yields.
+const DIRECT_WRITES_PER_TURN: usize = 1024;
+
+/// The direct writes of one fan-out. On the runtime they run on a task of
+/// their own, after the publisher has its answer: a publisher that sends
+/// its next message once answered (an HTTP client's loop) then sends it
+/// while these writes go on, so it is queued, and batches, rather than
+/// going direct too. The task yields every [`DIRECT_WRITES_PER_TURN`]
+/// sockets, so other tasks run meanwhile. Dropped unfinished (the runtime
+/// shutting down), it hands the rest back to their sessions.
+struct DirectWrites {
+    hub: Hub,
+    started_us: u64,
+    claimed: Vec<QueueSender<Outgoing>>,
+    /// Sockets written (or handed back) so far, and frames they took whole.
+    done: usize,
+    written: usize,
+}
+
+impl DirectWrites {
+    async fn run(mut self) {
+        while self.write_some() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn run_now(mut self) {
+        while self.write_some() {}
+    }
+
+    /// Writes the next sockets' frames; false once all are written.
+    fn write_some(&mut self) -> bool {
+        let end = (self.done + DIRECT_WRITES_PER_TURN).min(self.claimed.len());
+        let chunk = &self.claimed[self.done..end];
+        chunk.iter().for_each(QueueSender::prefetch);
+        self.written += chunk.iter().map(QueueSender::write_claimed).sum::<usize>();
+        self.done = end;
+        self.done < self.claimed.len()
+    }
+}
+
+impl Drop for DirectWrites {
+    fn drop(&mut self) {
+        self.claimed[self.done..].iter().for_each(QueueSender::release_claim);
+        let inner = &self.hub.inner;
+        inner.metrics.direct_writes.inc_by(self.written as u64);
+        let now = self.hub.micros_since_start();
+        inner.last_direct_writes_us.store(now.saturating_sub(self.started_us), Ordering::Relaxed);
+        inner.last_direct_overlapped.store(self.written > self.done, Ordering::Relaxed);
+        inner.last_fanout_end_us.store(now, Ordering::Relaxed);
+        inner.direct_writers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A targeted message reaches only its user; an untargeted one everybody.
 fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
     match target {
@@ -946,11 +1114,25 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
-/// The caller counts the deliveries (once per message, not per subscriber).
-fn deliver(sub: &Subscriber, frame: &WireFrame, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
+/// With `claim`, an idle connection's socket is claimed for a direct write
+/// and its sender added there. The caller counts the deliveries (once per
+/// message, not per subscriber).
+fn deliver(
+    sub: &Subscriber,
+    frame: &WireFrame,
+    receipt: Option<&Receipt>,
+    metrics: &Metrics,
+    claim: Option<&mut Vec<QueueSender<Outgoing>>>,
+) -> bool {
     let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
-    match sub.tx.try_send(outgoing) {
-        Ok(()) => true,
+    match sub.tx.try_send_or_claim(outgoing, claim.is_some()) {
+        Ok(Sent::Queued) => true,
+        Ok(Sent::Claimed) => {
+            if let Some(claimed) = claim {
+                claimed.push(sub.tx.clone());
+            }
+            true
+        }
         Err(crate::queue::TrySendError::Full(_)) => {
             metrics.dropped.inc();
             metrics.slow_consumers.inc();

@@ -12,7 +12,11 @@
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
 //! those bytes with vectored writes, so a burst costs one `writev` per
-//! batch, no copy and no write buffer of its own. Its own frames (replies,
+//! batch, no copy and no write buffer of its own. While it waits with
+//! nothing unwritten, it parks its socket in the queue, and the hub may
+//! write a lone frame to it without waking the task (see "Direct writes"
+//! in [`crate::queue`]); every turn that touches the socket for anything
+//! else takes it back first. Its own frames (replies,
 //! replays, pings, close) go through tungstenite, whose buffer is flushed
 //! before each batch, so frames never interleave. Most writes complete on
 //! their first poll; a write the socket does not take at once is bounded by
@@ -32,6 +36,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -134,6 +139,9 @@ struct Session {
     /// The client's address, for the logs.
     peer: SocketAddr,
     socket: Socket,
+    /// The socket's descriptor, which the session parks for the hub's
+    /// direct writes (none over TLS).
+    direct_fd: Option<RawFd>,
     /// The unwritten end of a frame a cancelled write left half-sent: it
     /// must go out before anything else, or the stream is corrupt.
     torn: Option<Torn>,
@@ -155,6 +163,7 @@ struct Session {
 /// Runs the connection until either side closes it.
 pub async fn run(
     socket: Socket,
+    direct_fd: Option<RawFd>,
     conn: ConnId,
     peer: SocketAddr,
     mode: Mode,
@@ -174,6 +183,7 @@ pub async fn run(
         conn,
         peer,
         socket,
+        direct_fd,
         torn: None,
         broken: false,
         unflushed: false,
@@ -194,6 +204,14 @@ fn expiry_deadline(identity: Option<&Identity>) -> Instant {
     match identity {
         Some(id) => Instant::now() + Duration::from_secs(id.expires_at.saturating_sub(now_unix())),
         None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+    }
+}
+
+impl Drop for Session {
+    /// Runs before the socket (a field) is closed: from here on the hub
+    /// cannot write to its descriptor, which may be reused once closed.
+    fn drop(&mut self) {
+        self.subscriber.tx.revoke_direct();
     }
 }
 
@@ -234,8 +252,19 @@ impl Session {
         // with the group's, and only when it woke the task (see `wake_group`).
         let mut group = WakeGroup::new();
         let close_with = loop {
+            // The socket is parked for the hub's direct writes only while
+            // nothing is left unwritten here.
+            let park = self.direct_fd.filter(|_| !self.unflushed && self.torn.is_none() && !self.broken);
             let event = std::future::poll_fn(|cx| {
                 let due = group.due(cx);
+                // Every wait but the queue's may lead to a read or a write:
+                // the socket is taken back from the hub first. If the hub is
+                // writing to it, the task waits for the hub's wake, and then
+                // polls them all.
+                if due != Due::Nothing && !rx.take_socket(cx) {
+                    group.poll_all_next();
+                    return Poll::Pending;
+                }
                 let others = &mut Context::from_waker(group.waker());
                 // In order of precedence, as a biased select.
                 let event = 'ready: {
@@ -250,7 +279,9 @@ impl Session {
                             break 'ready Event::Expired;
                         }
                     }
-                    if let Poll::Ready(first) = rx.poll_recv(cx) {
+                    // With nothing else to poll, an empty queue parks the socket.
+                    let park_now = if due == Due::Nothing { park } else { None };
+                    if let Poll::Ready(first) = rx.poll_recv(cx, park_now) {
                         // Those before the queue still wait; those after
                         // it were not polled if they were due.
                         if due != Due::Nothing {
@@ -264,6 +295,9 @@ impl Session {
                         }
                         if ping.poll_tick(others).is_ready() {
                             break 'ready Event::PingDue;
+                        }
+                        if let Some(fd) = park {
+                            rx.park(fd);
                         }
                     }
                     // Every wait is registered: the queue with the task's
@@ -652,6 +686,8 @@ impl Session {
         };
         let written = matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())));
         self.broken |= !written;
+        // Flushed: tungstenite holds nothing now.
+        self.unflushed &= !written;
         written
     }
 }
