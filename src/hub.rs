@@ -77,6 +77,10 @@ pub struct Outgoing {
     pub frame: WireFrame,
     /// Held until the frame has been written to the socket (see [`Receipt`]).
     pub receipt: Option<Receipt>,
+    /// Only the end of a frame whose start a direct write already put on the
+    /// wire (see [`DirectItem::rest`]): it must be finished before anything
+    /// else is written, even if the connection is closing.
+    pub partial: bool,
 }
 
 impl DirectItem for Outgoing {
@@ -85,7 +89,7 @@ impl DirectItem for Outgoing {
     }
 
     fn rest(self, written: usize) -> Self {
-        Self { frame: self.frame.rest(written), receipt: self.receipt }
+        Self { frame: self.frame.rest(written), receipt: self.receipt, partial: true }
     }
 }
 
@@ -434,8 +438,8 @@ impl Hub {
             target,
             receipt,
         };
-        let mut claimed = Vec::new();
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut claimed);
+        let mut writes = DirectWrites::new(self);
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut writes);
 
         let config = &self.inner.config;
         if config.history_size > 0 {
@@ -455,7 +459,7 @@ impl Hub {
         }
         self.update_gauges(&state);
         drop(state);
-        self.finish_fan_out(claimed);
+        writes.start();
         published
     }
 
@@ -756,10 +760,10 @@ impl Hub {
             target,
             receipt: None,
         };
-        let mut claimed = Vec::new();
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut claimed);
+        let mut writes = DirectWrites::new(self);
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut writes);
         drop(state);
-        self.finish_fan_out(claimed);
+        writes.start();
         RemoteDelivery::Delivered(delivered)
     }
 
@@ -781,42 +785,20 @@ impl Hub {
         self.inner.started.elapsed().as_micros() as u64
     }
 
-    /// Writes the frames of the sockets a fan-out claimed, outside the hub's
-    /// lock (on a task of its own when on the runtime: see
-    /// [`DirectWrites`]), and marks the end of the fan-out.
-    fn finish_fan_out(&self, claimed: Vec<QueueSender<Outgoing>>) {
-        if claimed.is_empty() {
-            self.inner.last_fanout_end_us.store(self.micros_since_start(), Ordering::Relaxed);
-            return;
-        }
-        let writes = DirectWrites {
-            hub: self.clone(),
-            started_us: self.micros_since_start(),
-            claimed,
-            done: 0,
-            written: 0,
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(writes.run())),
-            Err(_) => writes.run_now(),
-        }
-    }
-
     /// Queues a frame to a channel's subscribers that may receive it
     /// (dropping those whose queue overflowed) and its bare `data` to the
     /// legacy `/` connections that want the channel. Returns how many
     /// connections got it. If the hub was quiet, idle connections' sockets
-    /// are claimed into `claimed`, for [`Self::finish_fan_out`] to write to
-    /// once the hub's lock is let go.
+    /// are claimed into `writes`, which writes to them once the hub's lock
+    /// is let go.
     fn fan_out(
         &self,
         subscribers: &mut HashMap<ConnId, Subscriber>,
         legacy: &mut HashMap<ConnId, Subscriber>,
         out: &Fanout<'_>,
-        claimed: &mut Vec<QueueSender<Outgoing>>,
+        writes: &mut DirectWrites,
     ) -> usize {
         let metrics = &self.inner.metrics;
-        let claim = self.quiet();
         let mut delivered = 0;
         if !subscribers.is_empty() {
             let frame = WireFrame::text(out.text);
@@ -825,7 +807,7 @@ impl Hub {
                 if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                     return true;
                 }
-                let kept = deliver(sub, &frame, out.receipt, metrics, claim.then_some(&mut *claimed));
+                let kept = deliver(sub, &frame, out.receipt, metrics, writes);
                 delivered += usize::from(kept);
                 if !kept {
                     metrics.subscriptions.dec();
@@ -835,13 +817,7 @@ impl Hub {
             // Counted once per message, not once per subscriber.
             metrics.deliveries.inc_by(delivered as u64);
         }
-        let delivered = delivered + self.fan_out_legacy(legacy, out, claim, claimed);
-        if !claimed.is_empty() {
-            // Under the hub's lock, as `quiet` is read: no other message
-            // claims sockets until these are written.
-            self.inner.direct_writers.fetch_add(1, Ordering::Relaxed);
-        }
-        delivered
+        delivered + self.fan_out_legacy(legacy, out, writes)
     }
 
     /// [`Self::fan_out`]'s part for the legacy `/` connections.
@@ -849,8 +825,7 @@ impl Hub {
         &self,
         legacy: &mut HashMap<ConnId, Subscriber>,
         out: &Fanout<'_>,
-        claim: bool,
-        claimed: &mut Vec<QueueSender<Outgoing>>,
+        writes: &mut DirectWrites,
     ) -> usize {
         let metrics = &self.inner.metrics;
         let Some(data) = out.data else { return 0 };
@@ -865,7 +840,7 @@ impl Hub {
             if !permitted || !may_receive(sub, out.target) {
                 return true;
             }
-            let kept = deliver(sub, &bare, out.receipt, metrics, claim.then_some(&mut *claimed));
+            let kept = deliver(sub, &bare, out.receipt, metrics, writes);
             delivered_bare += usize::from(kept);
             kept
         });
@@ -898,11 +873,12 @@ impl Hub {
             },
         ));
         let mut delivered = 0;
+        let mut never_direct = DirectWrites::none(self);
         channel.subscribers.retain(|_, sub| {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
-            let kept = deliver(sub, &notice, None, metrics, None);
+            let kept = deliver(sub, &notice, None, metrics, &mut never_direct);
             delivered += u64::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
@@ -1054,15 +1030,22 @@ fn give_memory_back() {
 /// Sockets written per turn of a [`DirectWrites`] task, between yields.
 const DIRECT_WRITES_PER_TURN: usize = 1024;
 
-/// The direct writes of one fan-out. On the runtime they run on a task of
+/// The direct writes of one fan-out. Made before the fan-out (under the
+/// hub's lock): it decides whether the fan-out claims idle sockets (the hub
+/// was quiet) and, from then on, counts as direct writes under way. Its
+/// writes run after the hub's lock is let go; on the runtime on a task of
 /// their own, after the publisher has its answer: a publisher that sends
 /// its next message once answered (an HTTP client's loop) then sends it
 /// while these writes go on, so it is queued, and batches, rather than
 /// going direct too. The task yields every [`DIRECT_WRITES_PER_TURN`]
 /// sockets, so other tasks run meanwhile. Dropped unfinished (the runtime
-/// shutting down), it hands the rest back to their sessions.
+/// shutting down, or a panic before it started), it hands the sockets it
+/// did not write back to their sessions; dropped in any case, it marks the
+/// fan-out's end.
 struct DirectWrites {
     hub: Hub,
+    /// Whether this fan-out claims idle sockets.
+    claiming: bool,
     started_us: u64,
     claimed: Vec<QueueSender<Outgoing>>,
     /// Sockets written (or handed back) so far, and frames they took whole.
@@ -1071,6 +1054,34 @@ struct DirectWrites {
 }
 
 impl DirectWrites {
+    /// Called under the hub's lock, so that deciding and counting are one step.
+    fn new(hub: &Hub) -> Self {
+        let claiming = hub.quiet();
+        if claiming {
+            hub.inner.direct_writers.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut writes = Self::none(hub);
+        writes.claiming = claiming;
+        writes
+    }
+
+    /// For frames that are never written directly (a channel's reset notice).
+    fn none(hub: &Hub) -> Self {
+        let started_us = hub.micros_since_start();
+        Self { hub: hub.clone(), claiming: false, started_us, claimed: Vec::new(), done: 0, written: 0 }
+    }
+
+    /// Writes the claimed sockets (on a task of its own on the runtime).
+    fn start(self) {
+        if self.claimed.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(self.run())),
+            Err(_) => self.run_now(),
+        }
+    }
+
     async fn run(mut self) {
         while self.write_some() {
             tokio::task::yield_now().await;
@@ -1096,12 +1107,17 @@ impl Drop for DirectWrites {
     fn drop(&mut self) {
         self.claimed[self.done..].iter().for_each(QueueSender::release_claim);
         let inner = &self.hub.inner;
-        inner.metrics.direct_writes.inc_by(self.written as u64);
         let now = self.hub.micros_since_start();
-        inner.last_direct_writes_us.store(now.saturating_sub(self.started_us), Ordering::Relaxed);
-        inner.last_direct_overlapped.store(self.written > self.done, Ordering::Relaxed);
+        if !self.claimed.is_empty() {
+            inner.metrics.direct_writes.inc_by(self.written as u64);
+            inner.last_direct_writes_us.store(now.saturating_sub(self.started_us), Ordering::Relaxed);
+            // More frames than sockets: messages came meanwhile.
+            inner.last_direct_overlapped.store(self.written > self.done, Ordering::Relaxed);
+        }
         inner.last_fanout_end_us.store(now, Ordering::Relaxed);
-        inner.direct_writers.fetch_sub(1, Ordering::Relaxed);
+        if self.claiming {
+            inner.direct_writers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -1114,23 +1130,20 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
-/// With `claim`, an idle connection's socket is claimed for a direct write
-/// and its sender added there. The caller counts the deliveries (once per
-/// message, not per subscriber).
+/// If `writes` is claiming, an idle connection's socket is claimed for it.
+/// The caller counts the deliveries (once per message, not per subscriber).
 fn deliver(
     sub: &Subscriber,
     frame: &WireFrame,
     receipt: Option<&Receipt>,
     metrics: &Metrics,
-    claim: Option<&mut Vec<QueueSender<Outgoing>>>,
+    writes: &mut DirectWrites,
 ) -> bool {
-    let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
-    match sub.tx.try_send_or_claim(outgoing, claim.is_some()) {
+    let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned(), partial: false };
+    match sub.tx.try_send_or_claim(outgoing, writes.claiming) {
         Ok(Sent::Queued) => true,
         Ok(Sent::Claimed) => {
-            if let Some(claimed) = claim {
-                claimed.push(sub.tx.clone());
-            }
+            writes.claimed.push(sub.tx.clone());
             true
         }
         Err(crate::queue::TrySendError::Full(_)) => {

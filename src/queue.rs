@@ -28,10 +28,12 @@
 //!   ([`QueueSender::write_claimed`]), each with one non-blocking `send`.
 //!   Frames queued meanwhile (by another publish) queue behind and are
 //!   written by the same hub, in order.
-//! - If the socket takes everything, it is parked again and the task never
-//!   woke. If it takes part of a frame, or nothing, the rest stays at the
-//!   head of the queue and the session is woken to write it, with its
-//!   write timeout and its 1013 policy, as for any queued frame.
+//! - If the socket takes everything, it is parked again and the task is
+//!   not woken (unless it was turned away meanwhile). If it takes part of
+//!   a frame, or nothing, the rest stays at the head of the queue and the
+//!   session is woken to write it, with its write timeout and its 1013
+//!   policy, as for any queued frame; a rest is marked as such, so that the
+//!   session finishes it even when it closes instead.
 //! - While the hub holds the socket, the session neither takes frames nor
 //!   touches the socket ([`QueueReceiver::take_socket`]); the hub wakes it
 //!   when it lets go.
@@ -203,7 +205,7 @@ impl<T> QueueSender<T> {
         let was_empty = state.items.is_empty();
         state.items.push_back(item);
         match state.writer {
-            // A parked socket has an empty queue: this is its only frame.
+            // What was queued before (unclaimed) goes first, in order.
             Writer::Parked(fd) if claim => {
                 state.writer = Writer::Hub(fd);
                 return Ok(Sent::Claimed);
@@ -331,6 +333,18 @@ impl<T> QueueReceiver<T> {
     pub fn try_recv(&mut self) -> Option<T> {
         let mut state = self.shared.state();
         if matches!(state.writer, Writer::Hub(_)) {
+            return None;
+        }
+        let item = state.pop_front()?;
+        state.writer = Writer::Session;
+        Some(item)
+    }
+
+    /// The first item, if one is queued and `wanted` (and the hub does not
+    /// hold the socket). Taking one takes the socket back from a park.
+    pub fn try_recv_if(&mut self, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
+        let mut state = self.shared.state();
+        if matches!(state.writer, Writer::Hub(_)) || !state.items.front().is_some_and(wanted) {
             return None;
         }
         let item = state.pop_front()?;

@@ -22,10 +22,12 @@
 //! their first poll; a write the socket does not take at once is bounded by
 //! `server.write_timeout_ms` and abandoned if the hub cancels the
 //! connection, so a peer that stopped reading cannot pin this task. A frame
-//! left half-written by a cancel (the hub's, or the end of the shutdown
-//! flush) is finished before the close frame; after a failed or timed-out
-//! write, of either kind, nothing more is written. Raw frames are only
-//! ever written from the loop, before any close frame.
+//! left half-written (by a cancel, the hub's or the end of the shutdown
+//! flush, or by the hub's direct write, whose rest then heads the queue) is
+//! finished before anything else, the close frame included; after a failed
+//! or timed-out write, of either kind, nothing more is written. Raw frames
+//! are only ever written from the loop, or by the hub while the socket is
+//! parked, before any close frame.
 //!
 //! Limits per connection: `server.max_subscriptions_per_connection`
 //! (refused with an error frame), `server.max_frames_per_second` (a token
@@ -310,9 +312,14 @@ impl Session {
                 Poll::Ready(event)
             })
             .await;
-            // Only the hub's frames bypass tungstenite; anything else may
-            // leave it holding bytes (a read, too: it answers pings).
-            self.unflushed |= !matches!(event, Event::Queued(_));
+            // tungstenite may now hold bytes: the pong it answers a ping with
+            // (or a close reply), written on its next read or flush. Its own
+            // writes (`send_now`) flush, and say so; the hub's frames and the
+            // client's other frames leave nothing behind.
+            self.unflushed |= matches!(
+                event,
+                Event::Incoming(Some(Ok(WsMessage::Ping(_) | WsMessage::Close(_)) | Err(_)))
+            );
             match event {
                 Event::Shutdown => {
                     Box::pin(self.flush_queue(&mut rx)).await;
@@ -322,7 +329,12 @@ impl Session {
                 Event::Expired => {
                     let e =
                         ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
-                    let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
+                    self.take_torn_head(&mut rx);
+                    Box::pin(self.finish_torn()).await;
+                    if !self.broken {
+                        let _ =
+                            Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
+                    }
                     break Some((close::TOKEN_EXPIRED, "token expired"));
                 }
                 // Boxed: the write is live only while frames go out, and an
@@ -385,6 +397,11 @@ impl Session {
                 }
             }
         };
+        // The end of a frame a write left half-sent (a cancelled one of the
+        // session's, or the hub's direct write, whose rest heads the queue)
+        // goes out before anything else, or the stream is corrupt.
+        self.take_torn_head(&mut rx);
+        self.finish_torn().await;
         if let Some((code, reason)) = close_with {
             self.close(code, reason).await;
         }
@@ -399,15 +416,7 @@ impl Session {
     async fn close(&mut self, code: u16, reason: &'static str) {
         debug!(conn = self.conn, code, reason, "closing connection");
         let timeout = self.ctx.config.write_timeout;
-        if let Some(torn) = self.torn.take() {
-            let finish = async {
-                self.socket.get_mut().write_all(&torn.rest).await?;
-                self.socket.get_mut().flush().await
-            };
-            if !matches!(tokio::time::timeout(timeout, finish).await, Ok(Ok(()))) {
-                self.broken = true;
-            }
-        }
+        self.finish_torn().await;
         if self.broken {
             return;
         }
@@ -431,6 +440,32 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout(CLOSE_DRAIN.min(timeout), drain).await;
+    }
+
+    /// Moves the end of a frame the hub's direct write left half-sent, if it
+    /// heads the queue, to `torn`, for [`Self::finish_torn`].
+    fn take_torn_head(&mut self, rx: &mut QueueReceiver<Outgoing>) {
+        if self.torn.is_none() {
+            if let Some(out) = rx.try_recv_if(|out| out.partial) {
+                self.torn = Some(Torn { rest: out.frame.bytes().clone(), _receipt: out.receipt });
+            }
+        }
+    }
+
+    /// Writes the end of a half-sent frame, if one is left, within the write
+    /// timeout; the socket is broken if it cannot.
+    async fn finish_torn(&mut self) {
+        let Some(torn) = self.torn.take() else { return };
+        if self.broken {
+            return;
+        }
+        let finish = async {
+            self.socket.get_mut().write_all(&torn.rest).await?;
+            self.socket.get_mut().flush().await
+        };
+        if !matches!(tokio::time::timeout(self.ctx.config.write_timeout, finish).await, Ok(Ok(()))) {
+            self.broken = true;
+        }
     }
 
     /// One token per client data frame; refills at `max_frames_per_second`.
@@ -740,7 +775,8 @@ fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
         let end = start + out.frame.len();
         if written < end {
             let rest = out.frame.bytes().slice(written - start..);
-            return (written > start).then_some(Torn { rest, _receipt: out.receipt });
+            // (A partial item's frame was started by the hub's direct write.)
+            return (written > start || out.partial).then_some(Torn { rest, _receipt: out.receipt });
         }
         start = end;
     }
@@ -763,7 +799,7 @@ mod tests {
     use crate::wire::WireFrame;
 
     fn batch(texts: &[&str]) -> Vec<Outgoing> {
-        texts.iter().map(|t| Outgoing { frame: WireFrame::text(t), receipt: None }).collect()
+        texts.iter().map(|t| Outgoing { frame: WireFrame::text(t), receipt: None, partial: false }).collect()
     }
 
     /// A write that stopped inside a frame leaves that frame's end to
@@ -777,5 +813,17 @@ mod tests {
         assert_eq!(rest(5), None);
         assert_eq!(rest(6).as_deref(), Some(&WireFrame::text("defgh").bytes()[1..]));
         assert_eq!(rest(12), None);
+    }
+
+    /// The end of a frame the hub's direct write started is torn even if
+    /// the session's own write stopped before any of it.
+    #[test]
+    fn a_partial_item_is_torn_even_when_nothing_of_it_was_written() {
+        let frame = WireFrame::text("abcdef");
+        let partial = Outgoing { frame: frame.rest(3), receipt: None, partial: true };
+        let mut batch = vec![partial];
+        batch.extend(self::batch(&["next"]));
+        let torn = torn_rest(batch, 0).expect("the partial frame's end");
+        assert_eq!(torn.rest, frame.bytes().slice(3..));
     }
 }
