@@ -39,7 +39,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -58,13 +58,13 @@ use crate::wire::WireFrame;
 
 /// How long the hub must have been quiet (no fan-out ended, no direct
 /// writes under way) for a message to be written straight to idle
-/// sockets. At least this; at least a quarter of the time the last direct
-/// writes took, so that they stop before they keep the hub busy most of the
-/// time; and, if other messages came while those writes went on (a burst),
-/// at least as long as they took. Messages closer together than that are
+/// sockets: at least this, and at least a quarter of the time the last
+/// direct writes took (so that they stop before they keep the hub busy most
+/// of the time). Messages closer together than that, as in a burst, are
 /// queued instead, so that each connection writes what piled up in one
 /// `writev`: a burst costs far less per delivery that way than one write
-/// per message.
+/// per message. (The direct writes run after the publisher has its answer,
+/// so a publisher's next message comes while they go on, and queues.)
 pub const QUIET_BEFORE_DIRECT: Duration = Duration::from_millis(5);
 
 /// Identifies one WebSocket connection.
@@ -241,10 +241,6 @@ struct HubInner {
     /// Direct writes under way: no other message goes direct meanwhile (it
     /// queues behind them, or wakes the sessions they are done with).
     direct_writers: AtomicUsize,
-    /// Whether other messages came while the last direct writes went on
-    /// (they wrote more frames than sockets): a burst, which batches
-    /// better through the sessions.
-    last_direct_overlapped: AtomicBool,
     started: Instant,
 }
 
@@ -375,7 +371,6 @@ impl Hub {
                 last_fanout_end_us: AtomicU64::new(0),
                 last_direct_writes_us: AtomicU64::new(0),
                 direct_writers: AtomicUsize::new(0),
-                last_direct_overlapped: AtomicBool::new(false),
                 started: Instant::now(),
             }),
         }
@@ -776,8 +771,7 @@ impl Hub {
         }
         let quiet_for =
             self.micros_since_start().saturating_sub(inner.last_fanout_end_us.load(Ordering::Relaxed));
-        let took = inner.last_direct_writes_us.load(Ordering::Relaxed);
-        let needed = if inner.last_direct_overlapped.load(Ordering::Relaxed) { took } else { took / 4 };
+        let needed = inner.last_direct_writes_us.load(Ordering::Relaxed) / 4;
         quiet_for >= needed.max(QUIET_BEFORE_DIRECT.as_micros() as u64)
     }
 
@@ -1111,8 +1105,6 @@ impl Drop for DirectWrites {
         if !self.claimed.is_empty() {
             inner.metrics.direct_writes.inc_by(self.written as u64);
             inner.last_direct_writes_us.store(now.saturating_sub(self.started_us), Ordering::Relaxed);
-            // More frames than sockets: messages came meanwhile.
-            inner.last_direct_overlapped.store(self.written > self.done, Ordering::Relaxed);
         }
         inner.last_fanout_end_us.store(now, Ordering::Relaxed);
         if self.claiming {

@@ -316,10 +316,8 @@ impl Session {
             // (or a close reply), written on its next read or flush. Its own
             // writes (`send_now`) flush, and say so; the hub's frames and the
             // client's other frames leave nothing behind.
-            self.unflushed |= matches!(
-                event,
-                Event::Incoming(Some(Ok(WsMessage::Ping(_) | WsMessage::Close(_)) | Err(_)))
-            );
+            self.unflushed |=
+                matches!(event, Event::Incoming(Some(Ok(WsMessage::Ping(_) | WsMessage::Close(_)) | Err(_))));
             match event {
                 Event::Shutdown => {
                     Box::pin(self.flush_queue(&mut rx)).await;
