@@ -29,17 +29,9 @@
 //!   channel's latest at that instant, and every later message goes to the
 //!   queue, which the session drains only after it has written the replay.
 //! - The lock is a std `Mutex`, never held across an `.await`.
-//! - A message that comes after the hub was quiet (see
-//!   [`QUIET_BEFORE_DIRECT`]) is written by the hub itself to the sockets
-//!   of idle connections, once it has let go of its lock, on a task of its
-//!   own (see "Direct writes" in `queue`, and [`DirectWrites`]): a lone
-//!   message then costs each of them one `sendmsg`, not a task's wake and
-//!   turn. Messages closer together go through the queues, where each
-//!   connection writes what piled up with one `writev`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,19 +45,7 @@ use tungstenite::Utf8Bytes;
 use crate::config::{HubSettings, UserCase};
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
-use crate::queue::{DirectItem, QueueSender, Sent};
 use crate::wire::WireFrame;
-
-/// How long the hub must have been quiet (no fan-out ended, no direct
-/// writes under way) for a message to be written straight to idle
-/// sockets: at least this, and at least a quarter of the time the last
-/// direct writes took (so that they stop before they keep the hub busy most
-/// of the time). Messages closer together than that, as in a burst, are
-/// queued instead, so that each connection writes what piled up in one
-/// `writev`: a burst costs far less per delivery that way than one write
-/// per message. (The direct writes run after the publisher has its answer,
-/// so a publisher's next message comes while they go on, and queues.)
-pub const QUIET_BEFORE_DIRECT: Duration = Duration::from_millis(5);
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -77,20 +57,6 @@ pub struct Outgoing {
     pub frame: WireFrame,
     /// Held until the frame has been written to the socket (see [`Receipt`]).
     pub receipt: Option<Receipt>,
-    /// Only the end of a frame whose start a direct write already put on the
-    /// wire (see [`DirectItem::rest`]): it must be finished before anything
-    /// else is written, even if the connection is closing.
-    pub partial: bool,
-}
-
-impl DirectItem for Outgoing {
-    fn wire_bytes(&self) -> &[u8] {
-        self.frame.bytes()
-    }
-
-    fn rest(self, written: usize) -> Self {
-        Self { frame: self.frame.rest(written), receipt: self.receipt, partial: true }
-    }
 }
 
 /// Completes when every clone has been dropped: the drainer hands a batch to
@@ -234,14 +200,6 @@ struct HubInner {
     config: HubConfig,
     legacy_patterns: Vec<ChannelPattern>,
     metrics: Metrics,
-    /// When the last fan-out ended, in microseconds since `started`, and
-    /// how long the last direct writes took (see [`QUIET_BEFORE_DIRECT`]).
-    last_fanout_end_us: AtomicU64,
-    last_direct_writes_us: AtomicU64,
-    /// Direct writes under way: no other message goes direct meanwhile (it
-    /// queues behind them, or wakes the sessions they are done with).
-    direct_writers: AtomicUsize,
-    started: Instant,
 }
 
 #[derive(Default)]
@@ -368,10 +326,6 @@ impl Hub {
                 config,
                 legacy_patterns,
                 metrics,
-                last_fanout_end_us: AtomicU64::new(0),
-                last_direct_writes_us: AtomicU64::new(0),
-                direct_writers: AtomicUsize::new(0),
-                started: Instant::now(),
             }),
         }
     }
@@ -433,8 +387,7 @@ impl Hub {
             target,
             receipt,
         };
-        let mut writes = DirectWrites::new(self);
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut writes);
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
 
         let config = &self.inner.config;
         if config.history_size > 0 {
@@ -453,8 +406,6 @@ impl Hub {
             let _ = self.sweep_locked(&mut state, Instant::now());
         }
         self.update_gauges(&state);
-        drop(state);
-        writes.start();
         published
     }
 
@@ -755,42 +706,19 @@ impl Hub {
             target,
             receipt: None,
         };
-        let mut writes = DirectWrites::new(self);
-        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out, &mut writes);
-        drop(state);
-        writes.start();
+        let delivered = self.fan_out(&mut channel.subscribers, legacy, &out);
         RemoteDelivery::Delivered(delivered)
-    }
-
-    /// Whether the hub was quiet long enough for a message to be written
-    /// straight to idle sockets (see [`QUIET_BEFORE_DIRECT`]).
-    fn quiet(&self) -> bool {
-        let inner = &self.inner;
-        if inner.direct_writers.load(Ordering::Relaxed) > 0 {
-            return false;
-        }
-        let quiet_for =
-            self.micros_since_start().saturating_sub(inner.last_fanout_end_us.load(Ordering::Relaxed));
-        let needed = inner.last_direct_writes_us.load(Ordering::Relaxed) / 4;
-        quiet_for >= needed.max(QUIET_BEFORE_DIRECT.as_micros() as u64)
-    }
-
-    fn micros_since_start(&self) -> u64 {
-        self.inner.started.elapsed().as_micros() as u64
     }
 
     /// Queues a frame to a channel's subscribers that may receive it
     /// (dropping those whose queue overflowed) and its bare `data` to the
     /// legacy `/` connections that want the channel. Returns how many
-    /// connections got it. If the hub was quiet, idle connections' sockets
-    /// are claimed into `writes`, which writes to them once the hub's lock
-    /// is let go.
+    /// connections got it.
     fn fan_out(
         &self,
         subscribers: &mut HashMap<ConnId, Subscriber>,
         legacy: &mut HashMap<ConnId, Subscriber>,
         out: &Fanout<'_>,
-        writes: &mut DirectWrites,
     ) -> usize {
         let metrics = &self.inner.metrics;
         let mut delivered = 0;
@@ -801,7 +729,7 @@ impl Hub {
                 if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                     return true;
                 }
-                let kept = deliver(sub, &frame, out.receipt, metrics, writes);
+                let kept = deliver(sub, &frame, out.receipt, metrics);
                 delivered += usize::from(kept);
                 if !kept {
                     metrics.subscriptions.dec();
@@ -811,20 +739,9 @@ impl Hub {
             // Counted once per message, not once per subscriber.
             metrics.deliveries.inc_by(delivered as u64);
         }
-        delivered + self.fan_out_legacy(legacy, out, writes)
-    }
-
-    /// [`Self::fan_out`]'s part for the legacy `/` connections.
-    fn fan_out_legacy(
-        &self,
-        legacy: &mut HashMap<ConnId, Subscriber>,
-        out: &Fanout<'_>,
-        writes: &mut DirectWrites,
-    ) -> usize {
-        let metrics = &self.inner.metrics;
-        let Some(data) = out.data else { return 0 };
+        let Some(data) = out.data else { return delivered };
         if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
-            return 0;
+            return delivered;
         }
         let bare = WireFrame::text(data);
         let mut delivered_bare = 0;
@@ -834,12 +751,12 @@ impl Hub {
             if !permitted || !may_receive(sub, out.target) {
                 return true;
             }
-            let kept = deliver(sub, &bare, out.receipt, metrics, writes);
+            let kept = deliver(sub, &bare, out.receipt, metrics);
             delivered_bare += usize::from(kept);
             kept
         });
         metrics.deliveries.inc_by(delivered_bare as u64);
-        delivered_bare
+        delivered + delivered_bare
     }
 
     /// The channel's numbering restarted (Redis lost its data) or could not
@@ -867,12 +784,11 @@ impl Hub {
             },
         ));
         let mut delivered = 0;
-        let mut never_direct = DirectWrites::none(self);
         channel.subscribers.retain(|_, sub| {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
-            let kept = deliver(sub, &notice, None, metrics, &mut never_direct);
+            let kept = deliver(sub, &notice, None, metrics);
             delivered += u64::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
@@ -1021,98 +937,6 @@ fn give_memory_back() {
     }
 }
 
-/// Sockets written per turn of a [`DirectWrites`] task, between yields.
-const DIRECT_WRITES_PER_TURN: usize = 1024;
-
-/// The direct writes of one fan-out. Made before the fan-out (under the
-/// hub's lock): it decides whether the fan-out claims idle sockets (the hub
-/// was quiet) and, from then on, counts as direct writes under way. Its
-/// writes run after the hub's lock is let go; on the runtime on a task of
-/// their own, after the publisher has its answer: a publisher that sends
-/// its next message once answered (an HTTP client's loop) then sends it
-/// while these writes go on, so it is queued, and batches, rather than
-/// going direct too. The task yields every [`DIRECT_WRITES_PER_TURN`]
-/// sockets, so other tasks run meanwhile. Dropped unfinished (the runtime
-/// shutting down, or a panic before it started), it hands the sockets it
-/// did not write back to their sessions; dropped in any case, it marks the
-/// fan-out's end.
-struct DirectWrites {
-    hub: Hub,
-    /// Whether this fan-out claims idle sockets.
-    claiming: bool,
-    started_us: u64,
-    claimed: Vec<QueueSender<Outgoing>>,
-    /// Sockets written (or handed back) so far, and frames they took whole.
-    done: usize,
-    written: usize,
-}
-
-impl DirectWrites {
-    /// Called under the hub's lock, so that deciding and counting are one step.
-    fn new(hub: &Hub) -> Self {
-        let claiming = hub.quiet();
-        if claiming {
-            hub.inner.direct_writers.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut writes = Self::none(hub);
-        writes.claiming = claiming;
-        writes
-    }
-
-    /// For frames that are never written directly (a channel's reset notice).
-    fn none(hub: &Hub) -> Self {
-        let started_us = hub.micros_since_start();
-        Self { hub: hub.clone(), claiming: false, started_us, claimed: Vec::new(), done: 0, written: 0 }
-    }
-
-    /// Writes the claimed sockets (on a task of its own on the runtime).
-    fn start(self) {
-        if self.claimed.is_empty() {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(self.run())),
-            Err(_) => self.run_now(),
-        }
-    }
-
-    async fn run(mut self) {
-        while self.write_some() {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn run_now(mut self) {
-        while self.write_some() {}
-    }
-
-    /// Writes the next sockets' frames; false once all are written.
-    fn write_some(&mut self) -> bool {
-        let end = (self.done + DIRECT_WRITES_PER_TURN).min(self.claimed.len());
-        let chunk = &self.claimed[self.done..end];
-        chunk.iter().for_each(QueueSender::prefetch);
-        self.written += chunk.iter().map(QueueSender::write_claimed).sum::<usize>();
-        self.done = end;
-        self.done < self.claimed.len()
-    }
-}
-
-impl Drop for DirectWrites {
-    fn drop(&mut self) {
-        self.claimed[self.done..].iter().for_each(QueueSender::release_claim);
-        let inner = &self.hub.inner;
-        let now = self.hub.micros_since_start();
-        if !self.claimed.is_empty() {
-            inner.metrics.direct_writes.inc_by(self.written as u64);
-            inner.last_direct_writes_us.store(now.saturating_sub(self.started_us), Ordering::Relaxed);
-        }
-        inner.last_fanout_end_us.store(now, Ordering::Relaxed);
-        if self.claiming {
-            inner.direct_writers.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// A targeted message reaches only its user; an untargeted one everybody.
 fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
     match target {
@@ -1122,22 +946,11 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
-/// If `writes` is claiming, an idle connection's socket is claimed for it.
 /// The caller counts the deliveries (once per message, not per subscriber).
-fn deliver(
-    sub: &Subscriber,
-    frame: &WireFrame,
-    receipt: Option<&Receipt>,
-    metrics: &Metrics,
-    writes: &mut DirectWrites,
-) -> bool {
-    let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned(), partial: false };
-    match sub.tx.try_send_or_claim(outgoing, writes.claiming) {
-        Ok(Sent::Queued) => true,
-        Ok(Sent::Claimed) => {
-            writes.claimed.push(sub.tx.clone());
-            true
-        }
+fn deliver(sub: &Subscriber, frame: &WireFrame, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
+    let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
+    match sub.tx.try_send(outgoing) {
+        Ok(()) => true,
         Err(crate::queue::TrySendError::Full(_)) => {
             metrics.dropped.inc();
             metrics.slow_consumers.inc();

@@ -22,9 +22,6 @@ pub struct Inner {
     pub messages_published_http: IntCounter,
     /// Frames queued to a subscriber.
     pub deliveries: IntCounter,
-    /// Of those, frames the hub wrote straight to an idle connection's
-    /// socket, whole, without waking its task.
-    pub direct_writes: IntCounter,
     /// Frames dropped because a subscriber's queue was full.
     pub dropped: IntCounter,
     /// Connections closed for being too slow.
@@ -103,10 +100,6 @@ impl Metrics {
                 "Messages published over HTTP",
             ),
             deliveries: counter("orapush_messages_delivered_total", "Frames queued to subscribers"),
-            direct_writes: counter(
-                "orapush_direct_writes_total",
-                "Frames the hub wrote whole to an idle connection's socket itself",
-            ),
             dropped: counter("orapush_messages_dropped_total", "Frames dropped for full subscriber queues"),
             slow_consumers: counter(
                 "orapush_slow_consumers_disconnected_total",

@@ -33,12 +33,6 @@ impl WireFrame {
         &self.0
     }
 
-    /// The frame's bytes from `written` on: what is left to write after a
-    /// socket took the first `written` (no longer a whole frame).
-    pub fn rest(&self, written: usize) -> Self {
-        Self(self.0.slice(written..))
-    }
-
     /// Bytes on the wire (header included).
     pub fn len(&self) -> usize {
         self.0.len()

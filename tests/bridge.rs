@@ -439,62 +439,6 @@ async fn client_frames_are_answered_while_messages_flow() {
     server.stop().await.unwrap();
 }
 
-/// A row that comes after the hub was quiet is written by the hub straight
-/// to idle sockets (`orapush_direct_writes_total`), and that path keeps the
-/// stream whole: in order, and in step with the session's own writes (a
-/// pong to a ping, the reply to a protocol frame, a subscribe's reply), which
-/// take the socket back from the hub between messages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lone_messages_go_straight_to_idle_sockets_in_step_with_replies() {
-    fn direct_writes(server: &Server) -> u64 {
-        let metrics = http_body(server.addr, "/metrics").expect("/metrics answers");
-        let line =
-            metrics.lines().find(|l| l.starts_with("orapush_direct_writes_total ")).expect("the counter");
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    }
-    const ROUNDS: usize = 6;
-    let server = Server::start().await;
-    let mut first = connect(&server.ws_url("/ws")).await;
-    let mut second = connect(&server.ws_url("/ws")).await;
-    subscribe(&mut first, "emp").await;
-    subscribe(&mut second, "emp").await;
-    let mut ids = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        // Quiet for well over the hub's window, so the row goes direct.
-        tokio::time::sleep(orapush::hub::QUIET_BEFORE_DIRECT * 10).await;
-        let id = insert(&server.db, &[("emp", "lone")])[0];
-        for (ws, seen) in [(&mut first, &mut ids.0), (&mut second, &mut ids.1)] {
-            let frame = next_json(ws).await;
-            assert_eq!(frame["type"], "message", "{frame}");
-            seen.push(frame["id"].as_str().unwrap().parse::<i64>().unwrap());
-            assert_eq!(seen.last(), Some(&id));
-        }
-        // The session's own writes, between two direct ones.
-        let tag = (round as u32).to_be_bytes();
-        first.send(Message::Ping(tag.to_vec().into())).await.unwrap();
-        match tokio::time::timeout(PATIENCE, first.next()).await.expect("a pong") {
-            Some(Ok(Message::Pong(data))) => assert_eq!(data[..], tag),
-            other => panic!("expected the pong, got {other:?}"),
-        }
-        expect_pong_next(&mut first).await;
-        let (op, reply) =
-            if round % 2 == 0 { ("subscribe", "subscribed") } else { ("unsubscribe", "unsubscribed") };
-        send_json(&mut second, json!({"op": op, "channel": "dept"})).await;
-        assert_eq!(next_json(&mut second).await["type"], reply);
-    }
-    assert_eq!(ids.0.len(), ROUNDS);
-    assert_eq!(ids.0, ids.1);
-    // Both subscribers' frames of most rounds went direct (a round can
-    // miss it only if the machine stalled the session for the whole quiet
-    // sleep before it parked its socket).
-    let direct = direct_writes(&server);
-    assert!(direct >= ROUNDS as u64, "only {direct} of {} frames went direct", 2 * ROUNDS);
-    // And the connections are whole: a last ordinary round trip.
-    expect_pong_next(&mut first).await;
-    expect_pong_next(&mut second).await;
-    server.stop().await.unwrap();
-}
-
 /// The server's end of each WebSocket has the kernel send buffer
 /// `server.socket_send_buffer_bytes` asks for (Linux reports twice the
 /// value), or the kernel's own when it is 0. (The server runs in this

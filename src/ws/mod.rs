@@ -78,10 +78,10 @@ pub fn upgrade(
         .max_write_buffer_size(settings.max_message_bytes * 4 + 64 * 1024)
         .max_message_size(Some(settings.max_message_bytes))
         .max_frame_size(Some(settings.max_message_bytes));
-    upgrade.on_upgrade(config, move |socket, fd| {
+    upgrade.on_upgrade(config, move |socket| {
         tracker.track_future(async move {
             let _slot = slot;
-            session::run(socket, fd, conn, peer, mode, identity, ctx).await;
+            session::run(socket, conn, peer, mode, identity, ctx).await;
         })
     })
 }

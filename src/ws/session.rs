@@ -12,22 +12,16 @@
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
 //! those bytes with vectored writes, so a burst costs one `writev` per
-//! batch, no copy and no write buffer of its own. While it waits with
-//! nothing unwritten, it parks its socket in the queue, and the hub may
-//! write a lone frame to it without waking the task (see "Direct writes"
-//! in [`crate::queue`]); every turn that touches the socket for anything
-//! else takes it back first. Its own frames (replies,
+//! batch, no copy and no write buffer of its own. Its own frames (replies,
 //! replays, pings, close) go through tungstenite, whose buffer is flushed
 //! before each batch, so frames never interleave. Most writes complete on
 //! their first poll; a write the socket does not take at once is bounded by
 //! `server.write_timeout_ms` and abandoned if the hub cancels the
 //! connection, so a peer that stopped reading cannot pin this task. A frame
-//! left half-written (by a cancel, the hub's or the end of the shutdown
-//! flush, or by the hub's direct write, whose rest then heads the queue) is
-//! finished before anything else, the close frame included; after a failed
-//! or timed-out write, of either kind, nothing more is written. Raw frames
-//! are only ever written from the loop, or by the hub while the socket is
-//! parked, before any close frame.
+//! left half-written by a cancel (the hub's, or the end of the shutdown
+//! flush) is finished before the close frame; after a failed or timed-out
+//! write, of either kind, nothing more is written. Raw frames are only
+//! ever written from the loop, before any close frame.
 //!
 //! Limits per connection: `server.max_subscriptions_per_connection`
 //! (refused with an error frame), `server.max_frames_per_second` (a token
@@ -38,7 +32,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -141,9 +134,6 @@ struct Session {
     /// The client's address, for the logs.
     peer: SocketAddr,
     socket: Socket,
-    /// The socket's descriptor, which the session parks for the hub's
-    /// direct writes (none over TLS).
-    direct_fd: Option<RawFd>,
     /// The unwritten end of a frame a cancelled write left half-sent: it
     /// must go out before anything else, or the stream is corrupt.
     torn: Option<Torn>,
@@ -165,7 +155,6 @@ struct Session {
 /// Runs the connection until either side closes it.
 pub async fn run(
     socket: Socket,
-    direct_fd: Option<RawFd>,
     conn: ConnId,
     peer: SocketAddr,
     mode: Mode,
@@ -185,7 +174,6 @@ pub async fn run(
         conn,
         peer,
         socket,
-        direct_fd,
         torn: None,
         broken: false,
         unflushed: false,
@@ -206,14 +194,6 @@ fn expiry_deadline(identity: Option<&Identity>) -> Instant {
     match identity {
         Some(id) => Instant::now() + Duration::from_secs(id.expires_at.saturating_sub(now_unix())),
         None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
-    }
-}
-
-impl Drop for Session {
-    /// Runs before the socket (a field) is closed: from here on the hub
-    /// cannot write to its descriptor, which may be reused once closed.
-    fn drop(&mut self) {
-        self.subscriber.tx.revoke_direct();
     }
 }
 
@@ -254,19 +234,8 @@ impl Session {
         // with the group's, and only when it woke the task (see `wake_group`).
         let mut group = WakeGroup::new();
         let close_with = loop {
-            // The socket is parked for the hub's direct writes only while
-            // nothing is left unwritten here.
-            let park = self.direct_fd.filter(|_| !self.unflushed && self.torn.is_none() && !self.broken);
             let event = std::future::poll_fn(|cx| {
                 let due = group.due(cx);
-                // Every wait but the queue's may lead to a read or a write:
-                // the socket is taken back from the hub first. If the hub is
-                // writing to it, the task waits for the hub's wake, and then
-                // polls them all.
-                if due != Due::Nothing && !rx.take_socket(cx) {
-                    group.poll_all_next();
-                    return Poll::Pending;
-                }
                 let others = &mut Context::from_waker(group.waker());
                 // In order of precedence, as a biased select.
                 let event = 'ready: {
@@ -281,9 +250,7 @@ impl Session {
                             break 'ready Event::Expired;
                         }
                     }
-                    // With nothing else to poll, an empty queue parks the socket.
-                    let park_now = if due == Due::Nothing { park } else { None };
-                    if let Poll::Ready(first) = rx.poll_recv(cx, park_now) {
+                    if let Poll::Ready(first) = rx.poll_recv(cx) {
                         // Those before the queue still wait; those after
                         // it were not polled if they were due.
                         if due != Due::Nothing {
@@ -298,9 +265,6 @@ impl Session {
                         if ping.poll_tick(others).is_ready() {
                             break 'ready Event::PingDue;
                         }
-                        if let Some(fd) = park {
-                            rx.park(fd);
-                        }
                     }
                     // Every wait is registered: the queue with the task's
                     // waker, the others with the group's.
@@ -312,12 +276,9 @@ impl Session {
                 Poll::Ready(event)
             })
             .await;
-            // tungstenite may now hold bytes: the pong it answers a ping with
-            // (or a close reply), written on its next read or flush. Its own
-            // writes (`send_now`) flush, and say so; the hub's frames and the
-            // client's other frames leave nothing behind.
-            self.unflushed |=
-                matches!(event, Event::Incoming(Some(Ok(WsMessage::Ping(_) | WsMessage::Close(_)) | Err(_))));
+            // Only the hub's frames bypass tungstenite; anything else may
+            // leave it holding bytes (a read, too: it answers pings).
+            self.unflushed |= !matches!(event, Event::Queued(_));
             match event {
                 Event::Shutdown => {
                     Box::pin(self.flush_queue(&mut rx)).await;
@@ -327,12 +288,7 @@ impl Session {
                 Event::Expired => {
                     let e =
                         ProtocolError::new("token_expired", "the token expired; reconnect with a fresh one");
-                    self.take_torn_head(&mut rx);
-                    Box::pin(self.finish_torn()).await;
-                    if !self.broken {
-                        let _ =
-                            Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
-                    }
+                    let _ = Box::pin(self.send_now(vec![WsMessage::Text(protocol::error(&e).into())])).await;
                     break Some((close::TOKEN_EXPIRED, "token expired"));
                 }
                 // Boxed: the write is live only while frames go out, and an
@@ -395,11 +351,6 @@ impl Session {
                 }
             }
         };
-        // The end of a frame a write left half-sent (a cancelled one of the
-        // session's, or the hub's direct write, whose rest heads the queue)
-        // goes out before anything else, or the stream is corrupt.
-        self.take_torn_head(&mut rx);
-        self.finish_torn().await;
         if let Some((code, reason)) = close_with {
             self.close(code, reason).await;
         }
@@ -414,7 +365,15 @@ impl Session {
     async fn close(&mut self, code: u16, reason: &'static str) {
         debug!(conn = self.conn, code, reason, "closing connection");
         let timeout = self.ctx.config.write_timeout;
-        self.finish_torn().await;
+        if let Some(torn) = self.torn.take() {
+            let finish = async {
+                self.socket.get_mut().write_all(&torn.rest).await?;
+                self.socket.get_mut().flush().await
+            };
+            if !matches!(tokio::time::timeout(timeout, finish).await, Ok(Ok(()))) {
+                self.broken = true;
+            }
+        }
         if self.broken {
             return;
         }
@@ -438,32 +397,6 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout(CLOSE_DRAIN.min(timeout), drain).await;
-    }
-
-    /// Moves the end of a frame the hub's direct write left half-sent, if it
-    /// heads the queue, to `torn`, for [`Self::finish_torn`].
-    fn take_torn_head(&mut self, rx: &mut QueueReceiver<Outgoing>) {
-        if self.torn.is_none() {
-            if let Some(out) = rx.try_recv_if(|out| out.partial) {
-                self.torn = Some(Torn { rest: out.frame.bytes().clone(), _receipt: out.receipt });
-            }
-        }
-    }
-
-    /// Writes the end of a half-sent frame, if one is left, within the write
-    /// timeout; the socket is broken if it cannot.
-    async fn finish_torn(&mut self) {
-        let Some(torn) = self.torn.take() else { return };
-        if self.broken {
-            return;
-        }
-        let finish = async {
-            self.socket.get_mut().write_all(&torn.rest).await?;
-            self.socket.get_mut().flush().await
-        };
-        if !matches!(tokio::time::timeout(self.ctx.config.write_timeout, finish).await, Ok(Ok(()))) {
-            self.broken = true;
-        }
     }
 
     /// One token per client data frame; refills at `max_frames_per_second`.
@@ -719,8 +652,6 @@ impl Session {
         };
         let written = matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())));
         self.broken |= !written;
-        // Flushed: tungstenite holds nothing now.
-        self.unflushed &= !written;
         written
     }
 }
@@ -773,8 +704,7 @@ fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
         let end = start + out.frame.len();
         if written < end {
             let rest = out.frame.bytes().slice(written - start..);
-            // (A partial item's frame was started by the hub's direct write.)
-            return (written > start || out.partial).then_some(Torn { rest, _receipt: out.receipt });
+            return (written > start).then_some(Torn { rest, _receipt: out.receipt });
         }
         start = end;
     }
@@ -797,7 +727,7 @@ mod tests {
     use crate::wire::WireFrame;
 
     fn batch(texts: &[&str]) -> Vec<Outgoing> {
-        texts.iter().map(|t| Outgoing { frame: WireFrame::text(t), receipt: None, partial: false }).collect()
+        texts.iter().map(|t| Outgoing { frame: WireFrame::text(t), receipt: None }).collect()
     }
 
     /// A write that stopped inside a frame leaves that frame's end to
@@ -811,17 +741,5 @@ mod tests {
         assert_eq!(rest(5), None);
         assert_eq!(rest(6).as_deref(), Some(&WireFrame::text("defgh").bytes()[1..]));
         assert_eq!(rest(12), None);
-    }
-
-    /// The end of a frame the hub's direct write started is torn even if
-    /// the session's own write stopped before any of it.
-    #[test]
-    fn a_partial_item_is_torn_even_when_nothing_of_it_was_written() {
-        let frame = WireFrame::text("abcdef");
-        let partial = Outgoing { frame: frame.rest(3), receipt: None, partial: true };
-        let mut batch = vec![partial];
-        batch.extend(self::batch(&["next"]));
-        let torn = torn_rest(batch, 0).expect("the partial frame's end");
-        assert_eq!(torn.rest, frame.bytes().slice(3..));
     }
 }

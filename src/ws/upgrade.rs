@@ -12,15 +12,8 @@
 //! `Sec-WebSocket-Key` is missing; 426 when hyper cannot upgrade the
 //! connection (HTTP/1.0). No subprotocol is negotiated. The accept key is
 //! tungstenite's.
-//!
-//! A plain TCP connection's descriptor (which the listener puts in each
-//! request's extensions, as [`PlainSocketFd`]) is handed to the session
-//! too, for the hub's direct writes (see "Direct writes" in
-//! [`crate::queue`]). A TLS connection's bytes must go through rustls, so
-//! it has none.
 
 use std::future::Future;
-use std::os::fd::RawFd;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -40,15 +33,7 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 pub struct WsUpgrade {
     accept_key: HeaderValue,
     on_upgrade: OnUpgrade,
-    /// The plain TCP socket's descriptor, if the listener gave one.
-    socket_fd: Option<RawFd>,
 }
-
-/// The descriptor of the plain TCP socket a request came in on (a request
-/// extension, set by the listener). It stays open, and that socket, for as
-/// long as the upgraded connection lives.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainSocketFd(pub RawFd);
 
 /// Why a request is not a WebSocket upgrade.
 #[derive(Debug)]
@@ -113,8 +98,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 "WebSocket request couldn't be upgraded since no upgrade state was present",
             ));
         };
-        let socket_fd = parts.extensions.get::<PlainSocketFd>().map(|fd| fd.0);
-        Ok(Self { accept_key, on_upgrade, socket_fd })
+        Ok(Self { accept_key, on_upgrade })
     }
 }
 
@@ -124,11 +108,10 @@ impl WsUpgrade {
     /// before that (the client went away) drops `session` unrun.
     pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
     where
-        F: FnOnce(Socket, Option<RawFd>) -> Fut + Send + 'static,
+        F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        let socket_fd = self.socket_fd;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -139,7 +122,7 @@ impl WsUpgrade {
             };
             let socket =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-            session(socket, socket_fd).await;
+            session(socket).await;
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
