@@ -31,15 +31,15 @@ pub struct WakeGroup {
     /// The task waker last put in `shared.task`: while the task's waker
     /// does not change, a turn does not touch the lock.
     registered: Option<Waker>,
-    /// Poll the whole group on the next turn, woken or not.
-    poll_all: bool,
-    /// Poll the waits that come after the queue on the next turn: a turn
-    /// that polled the whole group stopped at the queue.
-    after_queue: bool,
+    /// What the next turn owes, woken or not: the whole group after one
+    /// of its waits completed (and on the first turn), the waits after the
+    /// queue after a turn that polled the whole group stopped at it.
+    owed: Due,
 }
 
 /// Which of the group's waits a turn must poll.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (Ordered: a turn owing more polls more.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Due {
     /// None: only the queue woke the task.
     Nothing,
@@ -75,13 +75,7 @@ impl WakeGroup {
     /// A group whose waits are all polled on the first turn.
     pub fn new() -> Self {
         let shared = Arc::new(Shared { woken: AtomicBool::new(false), task: Mutex::new(None) });
-        Self {
-            waker: Waker::from(shared.clone()),
-            shared,
-            registered: None,
-            poll_all: true,
-            after_queue: false,
-        }
+        Self { waker: Waker::from(shared.clone()), shared, registered: None, owed: Due::All }
     }
 
     /// Which of the group's waits must be polled on this turn of the task
@@ -97,13 +91,11 @@ impl WakeGroup {
             self.registered = Some(task);
         }
         let woken = self.shared.woken.swap(false, Ordering::AcqRel);
-        let after_queue = std::mem::take(&mut self.after_queue);
-        if woken | std::mem::take(&mut self.poll_all) {
+        let owed = std::mem::replace(&mut self.owed, Due::Nothing);
+        if woken {
             Due::All
-        } else if after_queue {
-            Due::AfterQueue
         } else {
-            Due::Nothing
+            owed
         }
     }
 
@@ -115,13 +107,13 @@ impl WakeGroup {
     /// One of the group's waits completed: poll them all on the next turn
     /// (the one that completed must be polled again to wait again).
     pub fn poll_all_next(&mut self) {
-        self.poll_all = true;
+        self.owed = Due::All;
     }
 
     /// The turn stopped at the queue before the waits after it were
     /// polled: poll those on the next turn.
     pub fn poll_after_queue_next(&mut self) {
-        self.after_queue = true;
+        self.owed = self.owed.max(Due::AfterQueue);
     }
 }
 
