@@ -295,6 +295,44 @@ async fn slow_subscriber_is_disconnected_alone() {
     server.stop().await.unwrap();
 }
 
+/// A subscriber that stops reading until its socket is full, then reads
+/// on, gets every message whole and in order: the session's direct sends
+/// stop when the socket's buffer is full, and its writer waits for room and
+/// resumes where they stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
+    let server = Server::start().await;
+    // A small receive buffer, so the server's sends fill the socket: 100
+    // messages of 60 KB (6 MB) are far more than the server's send buffer
+    // (128 KiB, doubled) and this one together hold, and fewer than the
+    // queue's 1,024 frames.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut paused, _) = tokio_tungstenite::client_async(
+        server.ws_url("/ws"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    subscribe(&mut paused, "feed").await;
+    let payload = json!({ "blob": "z".repeat(60_000) });
+    let http = reqwest::Client::new();
+    let total = 100;
+    for _ in 0..total {
+        publish_to_feed(&http, &server, &payload).await;
+    }
+    let mut offsets = Vec::new();
+    for _ in 0..total {
+        let frame = next_json(&mut paused).await;
+        assert_eq!(frame["data"], payload, "a whole message");
+        offsets.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
+    expect_pong_next(&mut paused).await;
+    server.stop().await.unwrap();
+}
+
 /// A socket that takes no bytes for `server.write_timeout_ms` ends its
 /// connection before its queue fills; the limit counts it, not as a 1013.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

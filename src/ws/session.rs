@@ -259,7 +259,7 @@ impl Session {
                         return Poll::Ready(Event::Queued(first));
                     }
                     if due != Due::Nothing {
-                        if let Poll::Ready(incoming) = self.socket.poll_next_unpin(others) {
+                        if let Poll::Ready(incoming) = self.socket.stream.poll_next_unpin(others) {
                             break 'ready Event::Incoming(incoming);
                         }
                         if ping.poll_tick(others).is_ready() {
@@ -355,7 +355,7 @@ impl Session {
             self.close(code, reason).await;
         }
         if !self.broken {
-            let _ = tokio::time::timeout(config.write_timeout, self.socket.close(None)).await;
+            let _ = tokio::time::timeout(config.write_timeout, self.socket.stream.close(None)).await;
         }
     }
 
@@ -367,8 +367,8 @@ impl Session {
         let timeout = self.ctx.config.write_timeout;
         if let Some(torn) = self.torn.take() {
             let finish = async {
-                self.socket.get_mut().write_all(&torn.rest).await?;
-                self.socket.get_mut().flush().await
+                self.socket.stream.get_mut().write_all(&torn.rest).await?;
+                self.socket.stream.get_mut().flush().await
             };
             if !matches!(tokio::time::timeout(timeout, finish).await, Ok(Ok(()))) {
                 self.broken = true;
@@ -379,7 +379,7 @@ impl Session {
         }
         let frame =
             WsMessage::Close(Some(CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) }));
-        let _ = tokio::time::timeout(timeout, self.socket.send(frame)).await;
+        let _ = tokio::time::timeout(timeout, self.socket.stream.send(frame)).await;
         // Read (and drop) what the client still sends, up to its close
         // reply: a socket closed with unread bytes sends a reset, which
         // can destroy our error and close frames before the client reads
@@ -388,7 +388,7 @@ impl Session {
         if code == close::GOING_AWAY {
             return;
         }
-        let socket = &mut self.socket;
+        let socket = &mut self.socket.stream;
         let drain = async {
             while let Some(Ok(message)) = socket.next().await {
                 if matches!(message, WsMessage::Close(_)) {
@@ -643,7 +643,7 @@ impl Session {
     /// A write that fails or times out leaves the socket broken: nothing
     /// more is written to it.
     async fn send_now(&mut self, frames: Vec<WsMessage>) -> bool {
-        let socket = &mut self.socket;
+        let socket = &mut self.socket.stream;
         let write = async move {
             for frame in frames {
                 socket.feed(frame).await?;
@@ -658,9 +658,11 @@ impl Session {
 
 /// Writes a batch of pre-encoded frames: first whatever tungstenite may
 /// still hold (a pong, the end of a reply: when `unflushed`), then the
-/// frames' shared bytes with
-/// vectored writes. `written` counts the batch's bytes the socket took, so
-/// a cancelled write knows where it stopped.
+/// frames' shared bytes with vectored writes: straight to a plain TCP
+/// socket while it takes them, through the stream's writer (which waits
+/// for room) once it does not, and always over TLS. `written` counts the
+/// batch's bytes the socket took, so a cancelled write knows where it
+/// stopped.
 async fn write_frames(
     socket: &mut Socket,
     unflushed: &mut bool,
@@ -668,10 +670,9 @@ async fn write_frames(
     written: &mut usize,
 ) -> io::Result<()> {
     if *unflushed {
-        socket.flush().await.map_err(io::Error::other)?;
+        socket.stream.flush().await.map_err(io::Error::other)?;
         *unflushed = false;
     }
-    let io = socket.get_mut();
     // A lone frame's slice lives on the stack; a batch's in a Vec.
     let (mut lone, mut slices);
     let mut unwritten: &mut [IoSlice] = match batch {
@@ -684,6 +685,23 @@ async fn write_frames(
             &mut slices
         }
     };
+    while !unwritten.is_empty() {
+        match socket.try_send_vectored(unwritten) {
+            Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => {
+                *written += n;
+                IoSlice::advance_slices(&mut unwritten, n);
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            // The send buffer is full (or TLS): the writer waits for room.
+            Some(Err(_)) | None => break,
+        }
+    }
+    if unwritten.is_empty() {
+        return Ok(());
+    }
+    let io = socket.stream.get_mut();
     while !unwritten.is_empty() {
         match io.write_vectored(unwritten).await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),

@@ -12,8 +12,18 @@
 //! `Sec-WebSocket-Key` is missing; 426 when hyper cannot upgrade the
 //! connection (HTTP/1.0). No subprotocol is negotiated. The accept key is
 //! tungstenite's.
+//!
+//! Over plain TCP, the session writes the hub's frames with one
+//! `sendmsg` on the socket's descriptor ([`Socket::try_send_vectored`]),
+//! not through hyper's `Upgraded` and tokio's readiness: at 10,000
+//! subscribers those layers' state (a boxed stream, the registration's
+//! readiness) is memory every delivery had to fetch again. The listener
+//! puts the descriptor in each request's extensions ([`PlainSocketFd`]);
+//! a TLS connection's bytes must go through rustls, so it has none.
 
 use std::future::Future;
+use std::io::{self, IoSlice};
+use std::os::fd::{BorrowedFd, RawFd};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -27,12 +37,44 @@ use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 /// The session's side of an upgraded connection.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub struct Socket {
+    /// tokio-tungstenite's stream over the connection: the client's
+    /// frames, and every frame the server sends but the hub's.
+    pub stream: WebSocketStream<TokioIo<Upgraded>>,
+    /// The descriptor of the plain TCP socket under `stream` (which owns
+    /// it, so it is open for as long as this is); none over TLS.
+    plain_fd: Option<RawFd>,
+}
+
+impl Socket {
+    /// Writes what the socket takes of `slices` at once, with one
+    /// non-blocking `sendmsg`, bypassing `stream` (whose own buffered
+    /// bytes the caller must have flushed first). `None` over TLS; else
+    /// the bytes taken, or `WouldBlock` when the send buffer is full. A
+    /// caller that got `WouldBlock` waits through `stream`'s writer, whose
+    /// next write sees the full buffer too and waits for it to drain.
+    pub fn try_send_vectored(&self, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let fd = self.plain_fd?;
+        // SAFETY: `fd` belongs to the TCP stream that `self.stream` owns
+        // (hyper's upgrade hands over the connection the request came in
+        // on), so it is open, and the same socket, for as long as `self`.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error, not a signal.
+        Some(socket2::SockRef::from(&fd).send_vectored_with_flags(slices, libc::MSG_NOSIGNAL))
+    }
+}
+
+/// The descriptor of the plain TCP socket a request came in on: a request
+/// extension, set by the listener (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct PlainSocketFd(pub RawFd);
 
 /// A valid WebSocket upgrade request, not yet answered.
 pub struct WsUpgrade {
     accept_key: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The plain TCP socket's descriptor, if the listener gave one.
+    plain_fd: Option<RawFd>,
 }
 
 /// Why a request is not a WebSocket upgrade.
@@ -98,7 +140,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 "WebSocket request couldn't be upgraded since no upgrade state was present",
             ));
         };
-        Ok(Self { accept_key, on_upgrade })
+        let plain_fd = parts.extensions.get::<PlainSocketFd>().map(|fd| fd.0);
+        Ok(Self { accept_key, on_upgrade, plain_fd })
     }
 }
 
@@ -112,6 +155,7 @@ impl WsUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
+        let plain_fd = self.plain_fd;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -120,9 +164,9 @@ impl WsUpgrade {
                     return;
                 }
             };
-            let socket =
+            let stream =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-            session(socket).await;
+            session(Socket { stream, plain_fd }).await;
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
