@@ -9,13 +9,21 @@
 //! idle: a plain `VecDeque` behind a mutex allocates on the first
 //! frame, and gives a large buffer back once a burst has been written.
 //!
+//! The receiver's task usually waits on other things too (see
+//! `ws::wake_group`). [`QueueReceiver::side_waker`] gives those a waker
+//! for the same task that records that it fired. It lives in the queue's
+//! allocation, beside its lock, so that a turn of a task with thousands
+//! of siblings fetches one piece of memory to learn both what is queued
+//! and whether anything else woke it.
+//!
 //! **Overflow policy:** [`QueueSender::try_send`] refuses a frame when the
 //! queue holds `capacity` frames (`hub.subscriber_queue_size`); the hub then
 //! closes that connection as too slow (1013). Nothing else waits or drops.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 /// A queue that has written a burst keeps at most this many slots once it
 /// is empty again.
@@ -26,13 +34,31 @@ pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false, waker: None }),
         capacity,
+        side_woken: AtomicBool::new(false),
     });
-    (QueueSender { shared: shared.clone() }, QueueReceiver { shared })
+    (QueueSender { shared: shared.clone() }, QueueReceiver { shared, registered: None })
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    /// [`QueueReceiver::side_waker`] fired since the receiver last looked.
+    side_woken: AtomicBool,
+}
+
+/// The side waker: records that it fired, then wakes the receiver's task.
+impl<T: Send + 'static> Wake for Shared<T> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Recorded before the task is woken, so its next turn sees it.
+        self.side_woken.store(true, Ordering::Release);
+        if let Some(task) = &self.state().waker {
+            task.wake_by_ref();
+        }
+    }
 }
 
 struct State<T> {
@@ -135,9 +161,36 @@ impl<T> QueueSender<T> {
 /// The connection's end.
 pub struct QueueReceiver<T> {
     shared: Arc<Shared<T>>,
+    /// The task waker last stored in the shared state: while the task's
+    /// waker does not change, registering it again costs no lock.
+    registered: Option<Waker>,
+}
+
+impl<T: Send + 'static> QueueReceiver<T> {
+    /// A waker for the receiver task's other waits: it wakes the task that
+    /// last registered ([`Self::register`] or [`Self::poll_recv`]) and
+    /// records that it fired, for [`Self::take_side_woken`].
+    pub fn side_waker(&self) -> Waker {
+        Waker::from(self.shared.clone())
+    }
 }
 
 impl<T> QueueReceiver<T> {
+    /// Makes the task whose context is `cx` the one pushes and the side
+    /// waker wake (taking the lock only if its waker changed).
+    pub fn register(&mut self, cx: &Context<'_>) {
+        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let task = cx.waker().clone();
+            self.shared.state().waker = Some(task.clone());
+            self.registered = Some(task);
+        }
+    }
+
+    /// Whether the side waker fired since the last call.
+    pub fn take_side_woken(&self) -> bool {
+        self.shared.side_woken.swap(false, Ordering::AcqRel)
+    }
+
     /// The next item, if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
         self.shared.state().pop_front()
@@ -159,8 +212,10 @@ impl<T> QueueReceiver<T> {
         if let Some(item) = state.pop_front() {
             return Poll::Ready(item);
         }
-        if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            state.waker = Some(cx.waker().clone());
+        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let task = cx.waker().clone();
+            state.waker = Some(task.clone());
+            self.registered = Some(task);
         }
         Poll::Pending
     }

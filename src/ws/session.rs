@@ -232,10 +232,10 @@ impl Session {
 
         // The queue is polled with the task's own waker, everything else
         // with the group's, and only when it woke the task (see `wake_group`).
-        let mut group = WakeGroup::new();
+        let mut group = WakeGroup::new(&rx);
         let close_with = loop {
             let event = std::future::poll_fn(|cx| {
-                let due = group.due(cx);
+                let due = group.due(&mut rx, cx);
                 let others = &mut Context::from_waker(group.waker());
                 // In order of precedence, as a biased select.
                 let event = 'ready: {

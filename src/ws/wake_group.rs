@@ -18,19 +18,21 @@
 //! after a wake does not poll the shared shutdown token on every batch.
 //! Between those, each wait keeps the group's waker from its last poll, so
 //! no wake is missed.
+//!
+//! The group's waker and its "fired" flag are the session's queue's (see
+//! [`QueueReceiver::side_waker`]): a turn then looks at one piece of
+//! memory, the queue's, to learn what woke it. (With a flag of its own,
+//! that second fetch was the session's largest user-space cost per
+//! delivery in a fan-out to 10,000.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Waker};
+
+use crate::queue::QueueReceiver;
 
 /// A waker for a group of waits that remembers it fired (see the module doc).
 pub struct WakeGroup {
-    shared: Arc<Shared>,
-    /// `shared` as a [`Waker`], made once.
+    /// The queue's side waker, made once.
     waker: Waker,
-    /// The task waker last put in `shared.task`: while the task's waker
-    /// does not change, a turn does not touch the lock.
-    registered: Option<Waker>,
     /// What the next turn owes, woken or not: the whole group after one
     /// of its waits completed (and on the first turn), the waits after the
     /// queue after a turn that polled the whole group stopped at it.
@@ -50,47 +52,22 @@ pub enum Due {
     All,
 }
 
-struct Shared {
-    woken: AtomicBool,
-    /// The task to wake: kept across wakes, replaced only if the task's
-    /// waker changes.
-    task: Mutex<Option<Waker>>,
-}
-
-impl Wake for Shared {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Recorded before the task is woken, so its next turn sees it.
-        self.woken.store(true, Ordering::Release);
-        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
-            task.wake_by_ref();
-        }
-    }
-}
-
 impl WakeGroup {
-    /// A group whose waits are all polled on the first turn.
-    pub fn new() -> Self {
-        let shared = Arc::new(Shared { woken: AtomicBool::new(false), task: Mutex::new(None) });
-        Self { waker: Waker::from(shared.clone()), shared, registered: None, owed: Due::All }
+    /// A group that wakes `queue`'s task, whose waits are all polled on
+    /// the first turn.
+    pub fn new<T: Send + 'static>(queue: &QueueReceiver<T>) -> Self {
+        Self { waker: queue.side_waker(), owed: Due::All }
     }
 
     /// Which of the group's waits must be polled on this turn of the task
     /// whose context is `cx`: all of them if one woke it since the last
     /// turn or [`Self::poll_all_next`] asked for it, those after the queue
-    /// if [`Self::poll_after_queue_next`] did. Registers the task first (if
-    /// its waker changed), so a wake that comes while the group is being
-    /// polled wakes it again.
-    pub fn due(&mut self, cx: &Context<'_>) -> Due {
-        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            let task = cx.waker().clone();
-            *self.shared.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
-            self.registered = Some(task);
-        }
-        let woken = self.shared.woken.swap(false, Ordering::AcqRel);
+    /// if [`Self::poll_after_queue_next`] did. Registers the task with
+    /// `queue` first (if its waker changed), so a wake that comes while
+    /// the group is being polled wakes it again.
+    pub fn due<T>(&mut self, queue: &mut QueueReceiver<T>, cx: &Context<'_>) -> Due {
+        queue.register(cx);
+        let woken = queue.take_side_woken();
         let owed = std::mem::replace(&mut self.owed, Due::Nothing);
         if woken {
             Due::All
@@ -120,7 +97,10 @@ impl WakeGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::queue::frame_queue;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
 
     struct CountingWaker(AtomicUsize);
 
@@ -138,32 +118,33 @@ mod tests {
         let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let task_waker = Waker::from(task.clone());
         let cx = Context::from_waker(&task_waker);
-        let mut group = WakeGroup::new();
-        assert_eq!(group.due(&cx), Due::All, "the first turn polls everything");
-        assert_eq!(group.due(&cx), Due::Nothing);
+        let (_tx, mut queue) = frame_queue::<()>(4);
+        let mut group = WakeGroup::new(&queue);
+        assert_eq!(group.due(&mut queue, &cx), Due::All, "the first turn polls everything");
+        assert_eq!(group.due(&mut queue, &cx), Due::Nothing);
         group.waker().wake_by_ref();
         assert_eq!(task.0.load(Ordering::SeqCst), 1, "the group's wake wakes the task");
-        assert_eq!(group.due(&cx), Due::All);
-        assert_eq!(group.due(&cx), Due::Nothing, "a wake is seen once");
+        assert_eq!(group.due(&mut queue, &cx), Due::All);
+        assert_eq!(group.due(&mut queue, &cx), Due::Nothing, "a wake is seen once");
         group.poll_all_next();
-        assert_eq!(group.due(&cx), Due::All);
+        assert_eq!(group.due(&mut queue, &cx), Due::All);
         group.poll_after_queue_next();
-        assert_eq!(group.due(&cx), Due::AfterQueue);
-        assert_eq!(group.due(&cx), Due::Nothing);
+        assert_eq!(group.due(&mut queue, &cx), Due::AfterQueue);
+        assert_eq!(group.due(&mut queue, &cx), Due::Nothing);
         // A wake outranks a turn owed after the queue.
         group.poll_after_queue_next();
         group.waker().wake_by_ref();
-        assert_eq!(group.due(&cx), Due::All);
-        assert_eq!(group.due(&cx), Due::Nothing);
+        assert_eq!(group.due(&mut queue, &cx), Due::All);
+        assert_eq!(group.due(&mut queue, &cx), Due::Nothing);
         // The task's waker is kept across wakes: each one wakes the task.
         group.waker().wake_by_ref();
         group.waker().wake_by_ref();
         assert_eq!(task.0.load(Ordering::SeqCst), 4);
-        assert_eq!(group.due(&cx), Due::All);
+        assert_eq!(group.due(&mut queue, &cx), Due::All);
         // A task whose waker changed is woken through the new one.
         let moved = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let moved_waker = Waker::from(moved.clone());
-        assert_eq!(group.due(&Context::from_waker(&moved_waker)), Due::Nothing);
+        assert_eq!(group.due(&mut queue, &Context::from_waker(&moved_waker)), Due::Nothing);
         group.waker().wake_by_ref();
         assert_eq!((task.0.load(Ordering::SeqCst), moved.0.load(Ordering::SeqCst)), (4, 1));
     }
