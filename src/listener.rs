@@ -17,7 +17,6 @@
 //! every other one.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +39,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
-use crate::ws::upgrade::PlainSocketFd;
 
 /// Builds the TLS acceptor from PEM files; errors name the key at fault.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -162,15 +160,13 @@ impl Connection {
     /// Serves the connection; on stop, lets the request in hand finish.
     async fn serve(self, stop: CancellationToken, handshake_timeout: Duration) -> Result<(), &'static str> {
         let Connection { stream, peer, app, tls, builder } = self;
+        let service = WithPeer { app, peer };
         // Plain and TLS streams stay separate types: an enum of both would
         // make every plain connection as large as a TLS one.
         match tls {
-            None => {
-                let plain_fd = Some(PlainSocketFd(stream.as_raw_fd()));
-                drive(&builder, stream, WithPeer { app, peer, plain_fd }, stop).await
-            }
+            None => drive(&builder, stream, service, stop).await,
             Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => drive(&builder, stream, WithPeer { app, peer, plain_fd: None }, stop).await,
+                Ok(Ok(stream)) => drive(&builder, stream, service, stop).await,
                 Ok(Err(_)) => Err("tls handshake failed"),
                 Err(_) => Err("handshake_timeout"),
             },
@@ -184,9 +180,6 @@ impl Connection {
 struct WithPeer {
     app: Router,
     peer: SocketAddr,
-    /// A plain TCP socket's descriptor, for an upgraded connection's
-    /// direct writes (see `ws::upgrade`); none over TLS.
-    plain_fd: Option<PlainSocketFd>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for WithPeer {
@@ -196,9 +189,6 @@ impl hyper::service::Service<Request<Incoming>> for WithPeer {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        if let Some(fd) = self.plain_fd {
-            request.extensions_mut().insert(fd);
-        }
         let mut app = self.app.clone();
         tower::Service::call(&mut app, request)
     }

@@ -26,6 +26,9 @@ pub struct Inner {
     pub dropped: IntCounter,
     /// Connections closed for being too slow.
     pub slow_consumers: IntCounter,
+    /// Writes of queued frames that found a connection's kernel send
+    /// buffer full and waited for the client to read.
+    pub send_buffer_full: IntCounter,
     /// Rows moved to the dead-letter table.
     pub dead_lettered: IntCounter,
     /// Errors talking to the source database.
@@ -104,6 +107,10 @@ impl Metrics {
             slow_consumers: counter(
                 "orapush_slow_consumers_disconnected_total",
                 "Connections closed for being too slow",
+            ),
+            send_buffer_full: counter(
+                "orapush_send_buffer_full_total",
+                "Writes of queued frames that found a connection's send buffer full and waited",
             ),
             dead_lettered: counter(
                 "orapush_messages_dead_lettered_total",

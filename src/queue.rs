@@ -64,10 +64,13 @@ impl<T: Send + 'static> Wake for Shared<T> {
 struct State<T> {
     items: VecDeque<T>,
     receiver_gone: bool,
-    /// The receiver's task, woken by a push into the empty queue. Kept
-    /// across wakes, and set under the lock the pushes take: the receiver
-    /// stores it once and then only compares it, so waiting costs no
-    /// more than the lock it takes to look anyway.
+    /// The receiver's task, woken by a push into the empty queue and by
+    /// the side waker. Kept across wakes, and set under the lock the
+    /// pushes take: the receiver stores it once and then compares its own
+    /// copy (`QueueReceiver::registered`), so waiting costs no more than
+    /// the lock it takes to look anyway. (The side waker must never be
+    /// stored here: a push would wake it under this lock, and it takes
+    /// the lock.)
     waker: Option<Waker>,
 }
 

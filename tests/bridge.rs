@@ -301,7 +301,9 @@ async fn slow_subscriber_is_disconnected_alone() {
 /// resumes where they stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
-    let server = Server::start().await;
+    // The write in flight waits while the client does not read: give it
+    // far longer than the publishing takes, even on a loaded machine.
+    let server = Server::start_with(|s| s.server.write_timeout_ms = 120_000).await;
     // A small receive buffer, so the server's sends fill the socket: 100
     // messages of 60 KB (6 MB) are far more than the server's send buffer
     // (128 KiB, doubled) and this one together hold, and fewer than the
@@ -330,6 +332,55 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
     }
     assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
     expect_pong_next(&mut paused).await;
+    // The socket was full, and its writes waited (at least once).
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let waits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orapush_send_buffer_full_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no orapush_send_buffer_full_total in {metrics}"));
+    assert!(waits > 0, "{metrics}");
+    server.stop().await.unwrap();
+}
+
+/// A client frame sent in the same write as the upgrade request (hyper
+/// reads it with the request, before the 101) is not lost: the session
+/// reads it first and answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_request_is_read() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let server = Server::start().await;
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    let subscribe = json!({"op": "subscribe", "channel": "early"}).to_string();
+    let mut frame = Frame::message(subscribe.into_bytes(), OpCode::Data(Data::Text), true);
+    frame.header_mut().mask = Some([7, 1, 9, 3]);
+    frame.format(&mut bytes).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let head = tokio::time::timeout(PATIENCE, common::handshake::read_response_head(&mut stream))
+        .await
+        .expect("a response in time")
+        .expect("a whole response head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Role::Client,
+        None,
+    )
+    .await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["channel"].as_str()),
+        (Some("subscribed"), Some("early")),
+        "{reply}"
+    );
     server.stop().await.unwrap();
 }
 

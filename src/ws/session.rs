@@ -11,8 +11,9 @@
 //!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
-//! those bytes with vectored writes, so a burst costs one `writev` per
-//! batch, no copy and no write buffer of its own. Its own frames (replies,
+//! those bytes with vectored writes, so a burst costs one `sendmsg` per
+//! batch (straight on a plain TCP socket while it takes them, see
+//! [`super::upgrade`]), no copy and no write buffer of its own. Its own frames (replies,
 //! replays, pings, close) go through tungstenite, whose buffer is flushed
 //! before each batch, so frames never interleave. Most writes complete on
 //! their first poll; a write the socket does not take at once is bounded by
@@ -424,6 +425,11 @@ impl Session {
         rx: &mut QueueReceiver<Outgoing>,
         deadline: Option<Instant>,
     ) -> WriteEnd {
+        // A write that the socket takes at once spends no budget in tokio
+        // (it bypasses tokio's writer): spend one unit per batch here, so a
+        // session whose queue the hub keeps refilling still lets the
+        // worker's other tasks run (tokio yields once the budget is gone).
+        tokio::task::coop::consume_budget().await;
         // Sized by what is queued (`take_into` reserves): a lone frame, the
         // common case between bursts, costs a small allocation.
         let mut batch = vec![first];
@@ -439,6 +445,9 @@ impl Session {
             match first_poll {
                 Poll::Ready(result) => Ok(result),
                 Poll::Pending => {
+                    // The socket's send buffer is full: the client reads
+                    // slower than the hub sends.
+                    self.ctx.metrics.send_buffer_full.inc();
                     let out_of_time = async {
                         match deadline {
                             Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -13,17 +13,17 @@
 //! connection (HTTP/1.0). No subprotocol is negotiated. The accept key is
 //! tungstenite's.
 //!
-//! Over plain TCP, the session writes the hub's frames with one
-//! `sendmsg` on the socket's descriptor ([`Socket::try_send_vectored`]),
-//! not through hyper's `Upgraded` and tokio's readiness: at 10,000
-//! subscribers those layers' state (a boxed stream, the registration's
-//! readiness) is memory every delivery had to fetch again. The listener
-//! puts the descriptor in each request's extensions ([`PlainSocketFd`]);
-//! a TLS connection's bytes must go through rustls, so it has none.
+//! Over plain TCP, the upgraded connection is taken back out of hyper's
+//! `Upgraded` (a boxed stream, with the bytes hyper read past the request
+//! replayed by tungstenite), so the session holds the `TcpStream` itself
+//! and writes the hub's frames with one `sendmsg` on it
+//! ([`Socket::try_send_vectored`]), without tokio's readiness check: at
+//! 10,000 subscribers that boxed stream and the registration's readiness
+//! were memory every delivery had to fetch again. A TLS connection's
+//! bytes must go through rustls; it stays an `Upgraded`.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::os::fd::{BorrowedFd, RawFd};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -31,50 +31,45 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 use tracing::debug;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 /// The session's side of an upgraded connection.
 pub struct Socket {
-    /// tokio-tungstenite's stream over the connection: the client's
-    /// frames, and every frame the server sends but the hub's.
-    pub stream: WebSocketStream<TokioIo<Upgraded>>,
-    /// The descriptor of the plain TCP socket under `stream` (which owns
-    /// it, so it is open for as long as this is); none over TLS.
-    plain_fd: Option<RawFd>,
+    /// tokio-tungstenite's stream over the connection: a plain TCP
+    /// stream, or hyper's `Upgraded` over TLS.
+    pub stream: WebSocketStream<Either<TcpStream, TokioIo<Upgraded>>>,
 }
 
 impl Socket {
-    /// Writes what the socket takes of `slices` at once, with one
-    /// non-blocking `sendmsg`, bypassing `stream` (whose own buffered
-    /// bytes the caller must have flushed first). `None` over TLS; else
-    /// the bytes taken, or `WouldBlock` when the send buffer is full. A
-    /// caller that got `WouldBlock` waits through `stream`'s writer, whose
-    /// next write sees the full buffer too and waits for it to drain.
+    /// Writes what a plain TCP socket takes of `slices` at once, with one
+    /// non-blocking `sendmsg`, bypassing tungstenite and tokio's readiness
+    /// (tungstenite's own buffered bytes must have been flushed first).
+    /// `None` over TLS; else the bytes taken, or `WouldBlock` when the
+    /// send buffer is full. A caller that got `WouldBlock` waits through
+    /// `stream`'s writer, whose next write finds the buffer full too and
+    /// waits for room.
     pub fn try_send_vectored(&self, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        let fd = self.plain_fd?;
-        // SAFETY: `fd` belongs to the TCP stream that `self.stream` owns
-        // (hyper's upgrade hands over the connection the request came in
-        // on), so it is open, and the same socket, for as long as `self`.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error, not a signal.
-        Some(socket2::SockRef::from(&fd).send_vectored_with_flags(slices, libc::MSG_NOSIGNAL))
+        match self.stream.get_ref() {
+            // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error,
+            // not a signal. MSG_DONTWAIT: never block, whatever the socket's mode.
+            Either::Left(tcp) => Some(
+                socket2::SockRef::from(tcp)
+                    .send_vectored_with_flags(slices, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
+            ),
+            Either::Right(_) => None,
+        }
     }
 }
-
-/// The descriptor of the plain TCP socket a request came in on: a request
-/// extension, set by the listener (see the module doc).
-#[derive(Debug, Clone, Copy)]
-pub struct PlainSocketFd(pub RawFd);
 
 /// A valid WebSocket upgrade request, not yet answered.
 pub struct WsUpgrade {
     accept_key: HeaderValue,
     on_upgrade: OnUpgrade,
-    /// The plain TCP socket's descriptor, if the listener gave one.
-    plain_fd: Option<RawFd>,
 }
 
 /// Why a request is not a WebSocket upgrade.
@@ -140,8 +135,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
                 "WebSocket request couldn't be upgraded since no upgrade state was present",
             ));
         };
-        let plain_fd = parts.extensions.get::<PlainSocketFd>().map(|fd| fd.0);
-        Ok(Self { accept_key, on_upgrade, plain_fd })
+        Ok(Self { accept_key, on_upgrade })
     }
 }
 
@@ -155,7 +149,6 @@ impl WsUpgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        let plain_fd = self.plain_fd;
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -164,9 +157,14 @@ impl WsUpgrade {
                     return;
                 }
             };
+            // The listener serves plain connections as `TokioIo<TcpStream>`.
+            let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => (Either::Left(parts.io.into_inner()), parts.read_buf.to_vec()),
+                Err(tls) => (Either::Right(TokioIo::new(tls)), Vec::new()),
+            };
             let stream =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-            session(Socket { stream, plain_fd }).await;
+                WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;
+            session(Socket { stream }).await;
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

@@ -29,7 +29,7 @@ use std::task::{Context, Waker};
 
 use crate::queue::QueueReceiver;
 
-/// A waker for a group of waits that remembers it fired (see the module doc).
+/// A waker for a group of waits, whose queue remembers that it fired (see the module doc).
 pub struct WakeGroup {
     /// The queue's side waker, made once.
     waker: Waker,
