@@ -88,7 +88,7 @@ impl Default for ServerSettings {
             client_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
-            socket_send_buffer_bytes: 131_072,
+            socket_send_buffer_bytes: 65_536,
             shutdown_timeout_ms: 5_000,
             max_connections: 10_000,
             max_connections_per_ip: 200,
@@ -902,7 +902,7 @@ mod tests {
         let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");
         assert_eq!(s.server.max_message_bytes, 65536);
-        assert_eq!(s.server.socket_send_buffer_bytes, 131_072);
+        assert_eq!(s.server.socket_send_buffer_bytes, 65_536);
         assert_eq!(s.source.poll_interval(), Duration::from_millis(1_000));
         assert_eq!(s.sqlite.path, PathBuf::from("orapush.db"));
         assert_eq!(s.hub.history_size, 1000);

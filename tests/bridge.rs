@@ -306,7 +306,7 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
     let server = Server::start_with(|s| s.server.write_timeout_ms = 120_000).await;
     // A small receive buffer, so the server's sends fill the socket: 100
     // messages of 60 KB (6 MB) are far more than the server's send buffer
-    // (128 KiB, doubled) and this one together hold, and fewer than the
+    // (64 KiB, doubled) and this one together hold, and fewer than the
     // queue's 1,024 frames.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -554,17 +554,17 @@ async fn accepted_sockets_get_the_configured_send_buffer() {
         assert_eq!(found.len(), 1, "one server socket is connected to {client_addr}");
         found[0]
     }
-    let server = Server::start_with(|s| s.server.socket_send_buffer_bytes = 65_536).await;
+    let server = Server::start_with(|s| s.server.socket_send_buffer_bytes = 98_304).await;
     let mut ws = connect(&server.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
-    assert_eq!(server_send_buffer(&ws), 2 * 65_536);
+    assert_eq!(server_send_buffer(&ws), 2 * 98_304);
     drop(ws);
     server.stop().await.unwrap();
 
     let autotuned = Server::start_with(|s| s.server.socket_send_buffer_bytes = 0).await;
     let mut ws = connect(&autotuned.ws_url("/ws")).await;
     subscribe(&mut ws, "emp").await;
-    assert_ne!(server_send_buffer(&ws), 2 * 65_536, "the kernel's default, not a fixed size");
+    assert_ne!(server_send_buffer(&ws), 2 * 98_304, "the kernel's default, not a fixed size");
     drop(ws);
     autotuned.stop().await.unwrap();
 }
