@@ -11,9 +11,11 @@
 //!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
-//! those bytes with vectored writes, so a burst costs one `sendmsg` per
-//! batch (straight on a plain TCP socket while it takes them, see
-//! [`super::upgrade`]), no copy and no write buffer of its own. Its own frames (replies,
+//! those bytes with vectored writes, so a burst costs one system call per
+//! batch (a `sendmsg` straight on a plain TCP socket while it takes them,
+//! see [`super::upgrade`]; tokio's writer once the send buffer is full,
+//! and always over TLS) and, on plain TCP, no copy and no write buffer of
+//! its own. Its own frames (replies,
 //! replays, pings, close) go through tungstenite, whose buffer is flushed
 //! before each batch, so frames never interleave. Most writes complete on
 //! their first poll; a write the socket does not take at once is bounded by
