@@ -50,9 +50,13 @@ const DEAD_LETTER_SQL: &str = "INSERT OR REPLACE INTO orapush_dead_letter \
      SELECT id, channel, CAST(payload AS TEXT), target_user, created_at, ?2 FROM orapush_outbox WHERE id = ?1";
 
 /// How long after a file event the drainer keeps checking whether a commit
-/// became visible (see `wait_for_work`); a commit is published in the WAL
-/// index microseconds after its WAL write.
-const COMMIT_SETTLE: Duration = Duration::from_millis(50);
+/// became visible (see `wait_for_work`). A commit is published in the WAL
+/// index microseconds after its WAL write, unless the writer is preempted
+/// in between: on a loaded machine that took longer than the 50 ms this
+/// once was, and the commit then waited for the slow poll. The rechecks
+/// double from 100 µs, so a second of settling costs about 14 reads of
+/// `PRAGMA data_version`.
+const COMMIT_SETTLE: Duration = Duration::from_secs(1);
 
 pub struct SqliteOutbox {
     conn: Connection,
