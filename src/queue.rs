@@ -182,11 +182,15 @@ impl<T> QueueReceiver<T> {
     /// Makes the task whose context is `cx` the one pushes and the side
     /// waker wake (taking the lock only if its waker changed).
     pub fn register(&mut self, cx: &Context<'_>) {
-        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            let task = cx.waker().clone();
-            self.shared.state().waker = Some(task.clone());
-            self.registered = Some(task);
+        if !self.has_stored(cx) {
+            let mut state = self.shared.state();
+            store_task(&mut self.registered, &mut state.waker, cx);
         }
+    }
+
+    /// Whether `cx`'s waker is the one last stored in the shared state.
+    fn has_stored(&self, cx: &Context<'_>) -> bool {
+        self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
     }
 
     /// Whether the side waker fired since the last call.
@@ -215,10 +219,8 @@ impl<T> QueueReceiver<T> {
         if let Some(item) = state.pop_front() {
             return Poll::Ready(item);
         }
-        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            let task = cx.waker().clone();
-            state.waker = Some(task.clone());
-            self.registered = Some(task);
+        if !self.has_stored(cx) {
+            store_task(&mut self.registered, &mut state.waker, cx);
         }
         Poll::Pending
     }
@@ -228,6 +230,14 @@ impl<T> QueueReceiver<T> {
     pub async fn recv(&mut self) -> T {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
+}
+
+/// Stores `cx`'s waker in the shared `slot` (under the queue's lock) and
+/// keeps a copy in the receiver's `registered`, to compare with later.
+fn store_task(registered: &mut Option<Waker>, slot: &mut Option<Waker>, cx: &Context<'_>) {
+    let task = cx.waker().clone();
+    *slot = Some(task.clone());
+    *registered = Some(task);
 }
 
 impl<T> Drop for QueueReceiver<T> {

@@ -333,13 +333,7 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
     assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
     expect_pong_next(&mut paused).await;
     // The socket was full, and its writes waited (at least once).
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-    let waits = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("orapush_send_buffer_full_total "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no orapush_send_buffer_full_total in {metrics}"));
-    assert!(waits > 0, "{metrics}");
+    assert!(counter(&server, "orapush_send_buffer_full_total") > 0);
     server.stop().await.unwrap();
 }
 
@@ -758,14 +752,19 @@ async fn status_api_shows_live_figures() {
     server.stop().await.unwrap();
 }
 
-/// The claims the drainer has made so far (`orapush_outbox_claims_total`).
-fn claims(server: &Server) -> u64 {
+/// The value of the counter `name` on `server`'s `/metrics`.
+fn counter(server: &Server, name: &str) -> u64 {
     let metrics = http_body(server.addr, "/metrics").unwrap();
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("orapush_outbox_claims_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .expect("the claims counter is exported")
+        .unwrap_or_else(|| panic!("no counter {name} in {metrics}"))
+}
+
+/// The claims the drainer has made so far (`orapush_outbox_claims_total`).
+fn claims(server: &Server) -> u64 {
+    counter(server, "orapush_outbox_claims_total")
 }
 
 /// A commit wakes the drainer: with a poll of a minute, each row still

@@ -53,9 +53,9 @@ const DEAD_LETTER_SQL: &str = "INSERT OR REPLACE INTO orapush_dead_letter \
 /// became visible (see `wait_for_work`). A commit is published in the WAL
 /// index microseconds after its WAL write, unless the writer is preempted
 /// in between: on a loaded machine that can outlast the 50 ms this once
-/// was (most likely why one CI run's commit waited for the slow poll). The rechecks
-/// double from 100 µs, so a second of settling costs about 14 reads of
-/// `PRAGMA data_version`.
+/// was (most likely why one CI run's commit waited for the slow poll).
+/// The rechecks double from 100 µs, so a second of settling costs about
+/// 14 reads of `PRAGMA data_version`.
 const COMMIT_SETTLE: Duration = Duration::from_secs(1);
 
 pub struct SqliteOutbox {
