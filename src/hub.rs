@@ -23,6 +23,10 @@
 //!   is full the frame is not queued, the connection is cancelled (its
 //!   session closes it with 1013 "try again later") and it leaves every
 //!   channel; the client reconnects and recovers from history.
+//! - A frame pushed into the empty queue of a connection whose session is
+//!   idle wakes nobody: once the lock is released, the hub hands that queue
+//!   to its writer ([`crate::direct`]), which writes the frame straight to
+//!   the socket the session lent.
 //! - Subscribing with `since` and registering the subscriber happen under the
 //!   same lock as publishing, so the replay and the live stream meet with no
 //!   gap and no duplicate: the replay holds exactly the offsets up to the
@@ -43,8 +47,10 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
 
 use crate::config::{HubSettings, UserCase};
+use crate::direct::DirectWriter;
 use crate::message::{ChannelPattern, Message};
 use crate::metrics::Metrics;
+use crate::queue::{QueueSender, Sent, Wire};
 use crate::wire::WireFrame;
 
 /// Identifies one WebSocket connection.
@@ -57,6 +63,18 @@ pub struct Outgoing {
     pub frame: WireFrame,
     /// Held until the frame has been written to the socket (see [`Receipt`]).
     pub receipt: Option<Receipt>,
+}
+
+/// Written to a lent socket, a frame is its shared bytes; a write that
+/// stopped inside one leaves its end, with the receipt.
+impl Wire for Outgoing {
+    fn wire(&self) -> &[u8] {
+        self.frame.bytes()
+    }
+
+    fn rest_after(self, sent: usize) -> Self {
+        Self { frame: self.frame.rest_after(sent), receipt: self.receipt }
+    }
 }
 
 /// Completes when every clone has been dropped: the drainer hands a batch to
@@ -80,7 +98,7 @@ impl Receipt {
 #[derive(Clone)]
 pub struct Subscriber {
     pub conn: ConnId,
-    pub tx: crate::queue::QueueSender<Outgoing>,
+    pub tx: QueueSender<Outgoing>,
     /// Cancelled by the hub when the connection's queue overflows.
     pub kick: CancellationToken,
     /// The authenticated user, matched against a message's `target_user`.
@@ -200,6 +218,9 @@ struct HubInner {
     config: HubConfig,
     legacy_patterns: Vec<ChannelPattern>,
     metrics: Metrics,
+    /// Writes frames to the sockets idle sessions lend their queues (none
+    /// outside a tokio runtime: sessions then do not lend them).
+    direct: Option<DirectWriter>,
 }
 
 #[derive(Default)]
@@ -325,8 +346,22 @@ impl Hub {
                 state: Mutex::new(State::default()),
                 config,
                 legacy_patterns,
+                direct: DirectWriter::start(metrics.direct_writes.clone()),
                 metrics,
             }),
+        }
+    }
+
+    /// Whether a session may lend its socket to its queue (see
+    /// [`crate::direct`]): the hub has a writer for lent sockets.
+    pub fn writes_lent_sockets(&self) -> bool {
+        self.inner.direct.is_some()
+    }
+
+    /// Has the frames just pushed to lent sockets written.
+    fn write_lent(&self, queues: Vec<QueueSender<Outgoing>>) {
+        if let Some(direct) = &self.inner.direct {
+            direct.hand_over(queues);
         }
     }
 
@@ -722,6 +757,7 @@ impl Hub {
     ) -> usize {
         let metrics = &self.inner.metrics;
         let mut delivered = 0;
+        let mut lent = Vec::new();
         if !subscribers.is_empty() {
             let frame = WireFrame::text(out.text);
             subscribers.values().for_each(|sub| sub.tx.prefetch());
@@ -729,7 +765,7 @@ impl Hub {
                 if !may_receive(sub, out.target) || out.offset.is_some_and(|o| o <= sub.floor) {
                     return true;
                 }
-                let kept = deliver(sub, &frame, out.receipt, metrics);
+                let kept = deliver(sub, &frame, out.receipt, metrics, &mut lent);
                 delivered += usize::from(kept);
                 if !kept {
                     metrics.subscriptions.dec();
@@ -739,11 +775,15 @@ impl Hub {
             // Counted once per message, not once per subscriber.
             metrics.deliveries.inc_by(delivered as u64);
         }
-        let Some(data) = out.data else { return delivered };
-        if legacy.is_empty() || !self.inner.legacy_patterns.iter().any(|p| p.matches(out.channel)) {
-            return delivered;
-        }
-        let bare = WireFrame::text(data);
+        let wants_bare = |channel| self.inner.legacy_patterns.iter().any(|p| p.matches(channel));
+        let bare = match out.data {
+            Some(data) if !legacy.is_empty() && wants_bare(out.channel) => data,
+            _ => {
+                self.write_lent(lent);
+                return delivered;
+            }
+        };
+        let bare = WireFrame::text(bare);
         let mut delivered_bare = 0;
         legacy.values().for_each(|sub| sub.tx.prefetch());
         legacy.retain(|_, sub| {
@@ -751,11 +791,12 @@ impl Hub {
             if !permitted || !may_receive(sub, out.target) {
                 return true;
             }
-            let kept = deliver(sub, &bare, out.receipt, metrics);
+            let kept = deliver(sub, &bare, out.receipt, metrics, &mut lent);
             delivered_bare += usize::from(kept);
             kept
         });
         metrics.deliveries.inc_by(delivered_bare as u64);
+        self.write_lent(lent);
         delivered + delivered_bare
     }
 
@@ -784,11 +825,12 @@ impl Hub {
             },
         ));
         let mut delivered = 0;
+        let mut lent = Vec::new();
         channel.subscribers.retain(|_, sub| {
             // The subscriber starts over from the notice's position: frames
             // of the new numbering after it are all new to it.
             sub.floor = last_offset;
-            let kept = deliver(sub, &notice, None, metrics);
+            let kept = deliver(sub, &notice, None, metrics, &mut lent);
             delivered += u64::from(kept);
             if !kept {
                 metrics.subscriptions.dec();
@@ -796,6 +838,7 @@ impl Hub {
             kept
         });
         metrics.deliveries.inc_by(delivered);
+        self.write_lent(lent);
     }
 
     /// The last frame delivered here for a channel, when the channel has
@@ -946,11 +989,24 @@ fn may_receive(sub: &Subscriber, target: Option<&str>) -> bool {
 }
 
 /// Queues a frame; false when the subscriber must be dropped (full or gone).
-/// The caller counts the deliveries (once per message, not per subscriber).
-fn deliver(sub: &Subscriber, frame: &WireFrame, receipt: Option<&Receipt>, metrics: &Metrics) -> bool {
+/// A queue whose socket is lent, and that the frame made non-empty, is
+/// added to `lent`, for the caller to hand to the writer (see
+/// [`crate::direct`]). The caller counts the deliveries (once per
+/// message, not per subscriber).
+fn deliver(
+    sub: &Subscriber,
+    frame: &WireFrame,
+    receipt: Option<&Receipt>,
+    metrics: &Metrics,
+    lent: &mut Vec<QueueSender<Outgoing>>,
+) -> bool {
     let outgoing = Outgoing { frame: frame.clone(), receipt: receipt.cloned() };
     match sub.tx.try_send(outgoing) {
-        Ok(()) => true,
+        Ok(Sent::Queued) => true,
+        Ok(Sent::ToLentSocket) => {
+            lent.push(sub.tx.clone());
+            true
+        }
         Err(crate::queue::TrySendError::Full(_)) => {
             metrics.dropped.inc();
             metrics.slow_consumers.inc();

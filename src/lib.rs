@@ -36,6 +36,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod direct;
 pub mod http;
 pub mod hub;
 pub mod listener;

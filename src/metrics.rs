@@ -29,6 +29,9 @@ pub struct Inner {
     /// Writes of queued frames that found a connection's kernel send
     /// buffer full and waited for the client to read.
     pub send_buffer_full: IntCounter,
+    /// Frames the hub's writer wrote straight to an idle connection's
+    /// socket, without a turn of its task (see `crate::direct`).
+    pub direct_writes: IntCounter,
     /// Rows moved to the dead-letter table.
     pub dead_lettered: IntCounter,
     /// Errors talking to the source database.
@@ -111,6 +114,10 @@ impl Metrics {
             send_buffer_full: counter(
                 "orapush_send_buffer_full_total",
                 "Writes of queued frames that found a connection's send buffer full and waited",
+            ),
+            direct_writes: counter(
+                "orapush_direct_writes_total",
+                "Frames written straight to idle connections' sockets, without waking their tasks",
             ),
             dead_lettered: counter(
                 "orapush_messages_dead_lettered_total",

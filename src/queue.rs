@@ -16,11 +16,22 @@
 //! of siblings fetches one piece of memory to learn both what is queued
 //! and whether anything else woke it.
 //!
+//! A connection whose task is idle lends its socket to the queue
+//! ([`QueueReceiver::lend`]): a push into the empty queue then wakes
+//! nobody and tells the hub to have the frames written straight to that
+//! socket ([`QueueSender::write_lent`], see [`crate::direct`]), so a
+//! message to thousands of idle connections costs a `sendmsg` each, not a
+//! task's turn each. Whatever a lent socket does not take at once goes
+//! back to the task: the queue takes its socket back and wakes it, with
+//! the unsent end of a frame first in the queue.
+//!
 //! **Overflow policy:** [`QueueSender::try_send`] refuses a frame when the
 //! queue holds `capacity` frames (`hub.subscriber_queue_size`); the hub then
 //! closes that connection as too slow (1013). Nothing else waits or drops.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
@@ -29,14 +40,25 @@ use std::task::{Context, Poll, Wake, Waker};
 /// is empty again.
 const KEEP_WHEN_EMPTY: usize = 16;
 
+/// Frames written to a lent socket per `sendmsg` at most.
+const LENT_WRITE_BATCH: usize = 64;
+
+/// What a queue's items are, for writing them to a lent socket.
+pub trait Wire {
+    /// The item's bytes on the wire.
+    fn wire(&self) -> &[u8];
+    /// The item without its first `sent` bytes (a write stopped inside it).
+    fn rest_after(self, sent: usize) -> Self;
+}
+
 /// A bounded queue of `capacity` items (see the module doc).
 pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false, waker: None }),
+        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false, waker: None, lent: None }),
         capacity,
         side_woken: AtomicBool::new(false),
     });
-    (QueueSender { shared: shared.clone() }, QueueReceiver { shared, registered: None })
+    (QueueSender { shared: shared.clone() }, QueueReceiver { shared, registered: None, lent: false })
 }
 
 struct Shared<T> {
@@ -72,6 +94,9 @@ struct State<T> {
     /// stored here: a push would wake it under this lock, and it takes
     /// the lock.)
     waker: Option<Waker>,
+    /// The receiver's socket while it lends it ([`QueueReceiver::lend`]):
+    /// written only under this lock, and only while it is here.
+    lent: Option<RawFd>,
 }
 
 impl<T> Shared<T> {
@@ -94,6 +119,25 @@ impl<T> State<T> {
             self.items.shrink_to(KEEP_WHEN_EMPTY);
         }
     }
+
+    /// The lent socket did not take everything: the receiver's task gets
+    /// its socket back and is woken to write the rest itself.
+    fn hand_back(&mut self) {
+        self.lent = None;
+        if let Some(task) = &self.waker {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// What [`QueueSender::try_send`] did with an item it took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued; the receiver's task was woken if it had to be.
+    Queued,
+    /// Queued into the empty queue of a lent socket: nobody was woken, and
+    /// the caller must have [`QueueSender::write_lent`] called for it.
+    ToLentSocket,
 }
 
 /// Why [`QueueSender::try_send`] did not take an item (which it gives back).
@@ -139,7 +183,7 @@ impl<T> QueueSender<T> {
     }
 
     /// Queues `item` without waiting.
-    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+    pub fn try_send(&self, item: T) -> Result<Sent, TrySendError<T>> {
         let mut state = self.shared.state();
         if state.receiver_gone {
             return Err(TrySendError::Closed(item));
@@ -149,15 +193,85 @@ impl<T> QueueSender<T> {
         }
         let was_empty = state.items.is_empty();
         state.items.push_back(item);
+        if !was_empty {
+            return Ok(Sent::Queued);
+        }
         // Only the push into an empty queue wakes the receiver: it waits
         // only after finding the queue empty, and takes everything queued
-        // once awake, so a burst costs one wake-up, not one per item.
-        if was_empty {
-            if let Some(waker) = &state.waker {
-                waker.wake_by_ref();
+        // once awake, so a burst costs one wake-up, not one per item. While
+        // its socket is lent, the items are written without it.
+        if state.lent.is_some() {
+            return Ok(Sent::ToLentSocket);
+        }
+        if let Some(waker) = &state.waker {
+            waker.wake_by_ref();
+        }
+        Ok(Sent::Queued)
+    }
+}
+
+impl<T: Wire> QueueSender<T> {
+    /// Writes what is queued to the lent socket with non-blocking
+    /// `sendmsg`s, under the queue's lock (a push waits for one write at
+    /// most). Each item is dropped once the socket has taken all of it.
+    /// What the socket does not take at once (its send buffer is full, or
+    /// the write failed) stays queued, the unsent end of a frame first, and
+    /// the receiver gets its socket back and is woken to write it. Does
+    /// nothing once the receiver has taken its socket back. Returns how
+    /// many items the socket took whole.
+    pub fn write_lent(&self) -> usize {
+        let mut state = self.shared.state();
+        let Some(fd) = state.lent else { return 0 };
+        let mut taken = 0;
+        // SAFETY: the receiver keeps `fd` open, and writes nothing to it,
+        // for as long as it is lent: it clears `lent` under this lock
+        // before it uses or closes its socket (`QueueReceiver::reclaim`,
+        // and its drop), and this lock is held until the write is done.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        while !state.items.is_empty() {
+            let mut slices = [IoSlice::new(&[]); LENT_WRITE_BATCH];
+            let mut total = 0;
+            let mut count = 0;
+            for (slice, item) in slices.iter_mut().zip(&state.items) {
+                *slice = IoSlice::new(item.wire());
+                total += item.wire().len();
+                count += 1;
+            }
+            // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error,
+            // not a signal. MSG_DONTWAIT: never block.
+            let sent = match socket2::SockRef::from(&socket)
+                .send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            {
+                Ok(sent) => sent,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Full, or failed: the receiver's own write waits for room
+                // or meets the error.
+                Err(_) => {
+                    state.hand_back();
+                    return taken;
+                }
+            };
+            let mut left = sent;
+            while let Some(front) = state.items.front() {
+                let len = front.wire().len();
+                if left < len {
+                    break;
+                }
+                left -= len;
+                state.items.pop_front();
+                taken += 1;
+            }
+            if left > 0 {
+                let cut = state.items.pop_front().expect("a write stopped inside this item");
+                state.items.push_front(cut.rest_after(left));
+            }
+            if sent < total {
+                state.hand_back();
+                return taken;
             }
         }
-        Ok(())
+        state.shrink_if_empty();
+        taken
     }
 }
 
@@ -167,6 +281,8 @@ pub struct QueueReceiver<T> {
     /// The task waker last stored in the shared state: while the task's
     /// waker does not change, registering it again costs no lock.
     registered: Option<Waker>,
+    /// The socket may be lent (the senders may have handed it back since).
+    lent: bool,
 }
 
 impl<T: Send + 'static> QueueReceiver<T> {
@@ -191,6 +307,31 @@ impl<T> QueueReceiver<T> {
     /// Whether `cx`'s waker is the one last stored in the shared state.
     fn has_stored(&self, cx: &Context<'_>) -> bool {
         self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Lends the receiver's socket `fd` to the senders while the queue is
+    /// empty: the items pushed from now on are written to it by
+    /// [`QueueSender::write_lent`] without waking the task. Not lent if
+    /// something is queued already (the task was woken for it).
+    ///
+    /// # Safety
+    /// `fd` must stay open, and nothing else may write to it, until
+    /// [`Self::reclaim`] has returned or this receiver is dropped: the
+    /// senders write to it in the meantime.
+    pub unsafe fn lend(&mut self, fd: RawFd) {
+        let mut state = self.shared.state();
+        if state.items.is_empty() {
+            state.lent = Some(fd);
+            self.lent = true;
+        }
+    }
+
+    /// Takes the socket back from the senders, if it was lent: once this
+    /// returns, none of them is writing to it or will.
+    pub fn reclaim(&mut self) {
+        if std::mem::take(&mut self.lent) {
+            self.shared.state().lent = None;
+        }
     }
 
     /// Whether the side waker fired since the last call.
@@ -244,6 +385,7 @@ impl<T> Drop for QueueReceiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.state();
         state.receiver_gone = true;
+        state.lent = None;
         // Frames still queued release their receipts now; the task's waker
         // is not kept past its task.
         state.items.clear();
@@ -259,8 +401,8 @@ mod tests {
     #[tokio::test]
     async fn bounded_in_order_and_closed_when_the_receiver_goes() {
         let (tx, mut rx) = frame_queue(2);
-        assert_eq!(tx.try_send(1), Ok(()));
-        assert_eq!(tx.clone().try_send(2), Ok(()));
+        assert_eq!(tx.try_send(1), Ok(Sent::Queued));
+        assert_eq!(tx.clone().try_send(2), Ok(Sent::Queued));
         assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
         assert_eq!(rx.recv().await, 1);
         assert_eq!(rx.try_recv(), Some(2));
@@ -303,6 +445,120 @@ mod tests {
         tokio::task::yield_now().await;
         tx.try_send("frame").unwrap();
         assert_eq!(waiter.await.unwrap(), "frame");
+    }
+
+    impl Wire for Vec<u8> {
+        fn wire(&self) -> &[u8] {
+            self
+        }
+
+        fn rest_after(self, sent: usize) -> Self {
+            self[sent..].to_vec()
+        }
+    }
+
+    /// Counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A receiver registered with a counting waker, and that waker's count.
+    fn waiting(rx: &mut QueueReceiver<Vec<u8>>) -> Arc<Count> {
+        let count = Arc::new(Count(0.into()));
+        let waker = Waker::from(count.clone());
+        assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
+        count
+    }
+
+    /// What the peer can read now, without waiting.
+    fn readable(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        peer.set_nonblocking(true).unwrap();
+        let (mut all, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return all,
+                Err(e) => panic!("reading the peer: {e}"),
+            }
+        }
+    }
+
+    /// While the socket is lent, the push into the empty queue wakes
+    /// nobody and asks for a write; the write sends everything queued, in
+    /// order, and leaves the socket lent for the next push.
+    #[test]
+    fn a_lent_socket_is_written_without_waking_the_receiver() {
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = frame_queue(16);
+        let wakes = waiting(&mut rx);
+        // SAFETY (here and below): `socket` outlives `rx`, and nothing else writes to it.
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        assert_eq!(tx.try_send(b"one ".to_vec()), Ok(Sent::ToLentSocket));
+        assert_eq!(tx.try_send(b"two ".to_vec()), Ok(Sent::Queued));
+        assert_eq!(tx.write_lent(), 2);
+        assert_eq!(readable(&mut peer), b"one two ");
+        assert_eq!(rx.try_recv(), None);
+        assert_eq!(tx.try_send(b"three".to_vec()), Ok(Sent::ToLentSocket));
+        assert_eq!(tx.write_lent(), 1);
+        assert_eq!(readable(&mut peer), b"three");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        rx.reclaim();
+    }
+
+    /// A socket that takes only part of what is queued: the receiver gets
+    /// its socket back and is woken, with the unsent end of the frame the
+    /// write stopped in first in the queue, so nothing is lost or repeated.
+    #[test]
+    fn a_full_socket_hands_the_rest_back_to_the_receiver() {
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        socket2::SockRef::from(&socket).set_send_buffer_size(4096).unwrap();
+        let (tx, mut rx) = frame_queue(16);
+        let wakes = waiting(&mut rx);
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 100_000]).collect();
+        for frame in &frames {
+            tx.try_send(frame.clone()).unwrap();
+        }
+        let taken = tx.write_lent();
+        assert!(taken < frames.len(), "a 4 KiB buffer took {taken} frames of 100 KB");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // Handed back: nothing more is written until it is lent again.
+        assert_eq!(tx.write_lent(), 0);
+        let mut arrived = readable(&mut peer);
+        assert!(!arrived.is_empty());
+        while let Some(rest) = rx.try_recv() {
+            arrived.extend(rest);
+        }
+        assert_eq!(arrived, frames.concat());
+    }
+
+    /// A reclaimed socket is not written: the push wakes the receiver as
+    /// usual. Neither is the socket of a receiver that is gone.
+    #[test]
+    fn a_reclaimed_socket_is_not_written() {
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = frame_queue(16);
+        let wakes = waiting(&mut rx);
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        rx.reclaim();
+        assert_eq!(tx.try_send(b"frame".to_vec()), Ok(Sent::Queued));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(rx.try_recv(), Some(b"frame".to_vec()));
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        drop(rx);
+        assert_eq!(tx.try_send(b"late".to_vec()), Err(TrySendError::Closed(b"late".to_vec())));
+        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(readable(&mut peer), b"");
     }
 
     /// An empty queue holds no memory; after a burst it keeps a little.

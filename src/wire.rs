@@ -33,6 +33,13 @@ impl WireFrame {
         &self.0
     }
 
+    /// The frame without its first `sent` bytes: what is left to write
+    /// after a write that stopped inside it. Not a frame by itself; it only
+    /// ever goes on the wire right after those bytes.
+    pub fn rest_after(&self, sent: usize) -> Self {
+        Self(self.0.slice(sent..))
+    }
+
     /// Bytes on the wire (header included).
     pub fn len(&self) -> usize {
         self.0.len()

@@ -337,6 +337,43 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
     server.stop().await.unwrap();
 }
 
+/// Messages to idle connections are written by the hub's writer, straight
+/// to the sockets their sessions lent it, whole and in order to each; a
+/// client frame between messages takes the socket back (the reply goes
+/// out in its place) and the next message still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_written_by_the_hubs_writer() {
+    let server = Server::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&server.ws_url("/ws")).await;
+        subscribe(&mut ws, "feed").await;
+        clients.push(ws);
+    }
+    let http = reqwest::Client::new();
+    let direct_writes = || counter(&server, "orapush_direct_writes_total");
+    // Each session lends its socket once it waits with nothing to flush:
+    // after a message or two, every message finds them lent.
+    let mut sent = 0;
+    while sent < 100 && direct_writes() < 12 {
+        sent += 1;
+        publish_to_feed(&http, &server, &json!({ "n": sent })).await;
+        for ws in &mut clients {
+            let frame = next_json(ws).await;
+            assert_eq!((frame["offset"].as_u64(), frame["data"]["n"].as_u64()), (Some(sent), Some(sent)));
+        }
+        if sent == 2 || sent == 4 {
+            expect_pong_next(&mut clients[0]).await;
+        }
+    }
+    // (The count follows each write, so it may trail what the clients read.)
+    wait_until("the writer has written a dozen frames", || direct_writes() >= 12).await;
+    for ws in &mut clients {
+        expect_pong_next(ws).await;
+    }
+    server.stop().await.unwrap();
+}
+
 /// A client frame sent in the same write as the upgrade request (hyper
 /// reads it with the request, before the 101) is not lost: the session
 /// reads it first and answers it.

@@ -9,6 +9,13 @@
 //! read in the same loop, so pongs and close replies flush; tungstenite
 //! answers pings itself.
 //!
+//! While the loop waits with nothing of its own to flush, a plain TCP
+//! session lends its socket to its queue, and the hub's frames are written
+//! to it by the hub's writer without waking this task at all (see
+//! [`crate::direct`]). Every turn of the loop takes the socket back before
+//! anything else, so whatever woke the task may write or close it; and
+//! what a lent socket could not take comes back through the queue.
+//!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
 //! those bytes with vectored writes, so a burst costs one system call per
@@ -236,8 +243,14 @@ impl Session {
         // The queue is polled with the task's own waker, everything else
         // with the group's, and only when it woke the task (see `wake_group`).
         let mut group = WakeGroup::new(&rx);
+        // A plain TCP socket is lent to the queue while the task waits with
+        // nothing to flush, so the hub's frames are written to it without
+        // a turn of this task (see `crate::direct`).
+        let lendable = self.socket.plain_fd().filter(|_| self.ctx.hub.writes_lent_sockets());
         let close_with = loop {
             let event = std::future::poll_fn(|cx| {
+                // Whatever woke the task may write: the socket comes back first.
+                rx.reclaim();
                 let due = group.due(&mut rx, cx);
                 let others = &mut Context::from_waker(group.waker());
                 // In order of precedence, as a biased select.
@@ -271,6 +284,14 @@ impl Session {
                     }
                     // Every wait is registered: the queue with the task's
                     // waker, the others with the group's.
+                    if let Some(fd) = lendable.filter(|_| !self.unflushed && !self.broken) {
+                        // SAFETY: the socket stays open and unwritten until
+                        // the next turn reclaims it (every path that writes
+                        // or closes it starts with a turn), or until `rx` is
+                        // dropped, which happens before the socket is
+                        // (`rx` lives in this call; the socket in the session).
+                        unsafe { rx.lend(fd) };
+                    }
                     return Poll::Pending;
                 };
                 // One of the group's waits completed (or came before one
@@ -663,6 +684,8 @@ impl Session {
         };
         let written = matches!(tokio::time::timeout(self.ctx.config.write_timeout, write).await, Ok(Ok(())));
         self.broken |= !written;
+        // Flushed: tungstenite holds nothing more.
+        self.unflushed &= !written;
         written
     }
 }
@@ -732,7 +755,7 @@ fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
     for out in batch {
         let end = start + out.frame.len();
         if written < end {
-            let rest = out.frame.bytes().slice(written - start..);
+            let rest = out.frame.rest_after(written - start).bytes().clone();
             return (written > start).then_some(Torn { rest, _receipt: out.receipt });
         }
         start = end;

@@ -24,6 +24,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -46,6 +47,15 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// The plain TCP socket's descriptor, for lending to the connection's
+    /// queue (see [`crate::direct`]); `None` over TLS.
+    pub fn plain_fd(&self) -> Option<RawFd> {
+        match self.stream.get_ref() {
+            Either::Left(tcp) => Some(tcp.as_raw_fd()),
+            Either::Right(_) => None,
+        }
+    }
+
     /// Writes what a plain TCP socket takes of `slices` at once, with one
     /// non-blocking `sendmsg`, bypassing tungstenite and tokio's readiness
     /// (tungstenite's own buffered bytes must have been flushed first).
