@@ -15,10 +15,12 @@
 //! [`YIELD_EVERY`] connections (so a fan-out to thousands of connections
 //! lets the worker's other tasks run), and ends when the hub is dropped.
 //!
-//! **Overflow policy:** none is needed. A queue is handed over only by the
-//! push that found it empty and lent; it stays non-empty until the writer
-//! has written it or handed it back, so the list of queues due holds each
-//! connection about once, and never more than twice.
+//! **Overflow policy:** none is needed. A queue is handed over only by a
+//! push that found it empty and lent: at most once per message it gets,
+//! and about once per pass of the writer (it stays non-empty until the
+//! writer has written it or handed the socket back). A queue handed over
+//! again meanwhile, or whose session took its socket back, is skipped at
+//! the cost of a lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,6 +42,7 @@ const YIELD_EVERY: usize = 32;
 /// The hub's handle on the writer task (see the module doc).
 pub struct DirectWriter {
     shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Shared {
@@ -62,8 +65,14 @@ impl DirectWriter {
             ring: Notify::new(),
             closed: AtomicBool::new(false),
         });
-        runtime.spawn(write_due(shared.clone(), written));
-        Some(Self { shared })
+        let task = runtime.spawn(write_due(shared.clone(), written));
+        Some(Self { shared, task })
+    }
+
+    /// Whether the task still runs (it ends only with the hub, or if it
+    /// panicked: sessions must then not lend their sockets).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Has the queues' frames written (queues whose receiver took its

@@ -24,9 +24,9 @@
 //!   session closes it with 1013 "try again later") and it leaves every
 //!   channel; the client reconnects and recovers from history.
 //! - A frame pushed into the empty queue of a connection whose session is
-//!   idle wakes nobody: once the lock is released, the hub hands that queue
-//!   to its writer ([`crate::direct`]), which writes the frame straight to
-//!   the socket the session lent.
+//!   idle wakes nobody: the hub hands that queue to its writer's task
+//!   ([`crate::direct`]), which writes the frame straight to the socket the
+//!   session lent, outside the hub's lock.
 //! - Subscribing with `since` and registering the subscriber happen under the
 //!   same lock as publishing, so the replay and the live stream meet with no
 //!   gap and no duplicate: the replay holds exactly the offsets up to the
@@ -355,7 +355,7 @@ impl Hub {
     /// Whether a session may lend its socket to its queue (see
     /// [`crate::direct`]): the hub has a writer for lent sockets.
     pub fn writes_lent_sockets(&self) -> bool {
-        self.inner.direct.is_some()
+        self.inner.direct.as_ref().is_some_and(DirectWriter::is_running)
     }
 
     /// Has the frames just pushed to lent sockets written.

@@ -1,7 +1,8 @@
 //! A connection's queue of frames from the hub: bounded, and holding no
 //! memory while it is empty.
 //!
-//! The hub pushes (under its own lock, never waiting) and the connection's
+//! The hub pushes (under its own lock, never waiting on the connection; at
+//! most on one write to a lent socket, see below) and the connection's
 //! task takes what is queued, a batch at a time. Only a push into an empty
 //! queue wakes the task, so a burst wakes it once, not once per frame.
 //! tokio's `mpsc` would do, but it allocates a block of 32 slots up front,
@@ -22,8 +23,9 @@
 //! socket ([`QueueSender::write_lent`], see [`crate::direct`]), so a
 //! message to thousands of idle connections costs a `sendmsg` each, not a
 //! task's turn each. Whatever a lent socket does not take at once goes
-//! back to the task: the queue takes its socket back and wakes it, with
-//! the unsent end of a frame first in the queue.
+//! back to the task: the queue hands its socket back and wakes it, and
+//! the task writes the unsent end of the frame the write stopped in
+//! ([`QueueReceiver::reclaim`]) before anything else.
 //!
 //! **Overflow policy:** [`QueueSender::try_send`] refuses a frame when the
 //! queue holds `capacity` frames (`hub.subscriber_queue_size`); the hub then
@@ -54,7 +56,13 @@ pub trait Wire {
 /// A bounded queue of `capacity` items (see the module doc).
 pub fn frame_queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { items: VecDeque::new(), receiver_gone: false, waker: None, lent: None }),
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            receiver_gone: false,
+            waker: None,
+            lent: None,
+            rest: None,
+        }),
         capacity,
         side_woken: AtomicBool::new(false),
     });
@@ -97,6 +105,10 @@ struct State<T> {
     /// The receiver's socket while it lends it ([`QueueReceiver::lend`]):
     /// written only under this lock, and only while it is here.
     lent: Option<RawFd>,
+    /// The unsent end of the item a write to the lent socket stopped in:
+    /// the receiver must write it before anything else
+    /// ([`QueueReceiver::reclaim`] gives it).
+    rest: Option<T>,
 }
 
 impl<T> Shared<T> {
@@ -212,36 +224,36 @@ impl<T> QueueSender<T> {
 
 impl<T: Wire> QueueSender<T> {
     /// Writes what is queued to the lent socket with non-blocking
-    /// `sendmsg`s, under the queue's lock (a push waits for one write at
-    /// most). Each item is dropped once the socket has taken all of it.
-    /// What the socket does not take at once (its send buffer is full, or
-    /// the write failed) stays queued, the unsent end of a frame first, and
-    /// the receiver gets its socket back and is woken to write it. Does
-    /// nothing once the receiver has taken its socket back. Returns how
-    /// many items the socket took whole.
+    /// `sendmsg`s, each under the queue's lock (so a push waits for one
+    /// write at most). Each item is dropped once the socket has taken all
+    /// of it. When the socket does not take everything at once (its send
+    /// buffer is full, or the write failed), the receiver gets its socket
+    /// back and is woken, with what is left still queued and the unsent
+    /// end of the item the write stopped in set aside for it to write
+    /// first. Does nothing once the receiver has taken its socket back.
+    /// Returns how many items the socket took whole.
     pub fn write_lent(&self) -> usize {
-        let mut state = self.shared.state();
-        let Some(fd) = state.lent else { return 0 };
         let mut taken = 0;
-        // SAFETY: the receiver keeps `fd` open, and writes nothing to it,
-        // for as long as it is lent: it clears `lent` under this lock
-        // before it uses or closes its socket (`QueueReceiver::reclaim`,
-        // and its drop), and this lock is held until the write is done.
-        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        while !state.items.is_empty() {
+        loop {
+            let mut state = self.shared.state();
+            let Some(fd) = state.lent else { return taken };
+            if state.items.is_empty() {
+                state.shrink_if_empty();
+                return taken;
+            }
             let mut slices = [IoSlice::new(&[]); LENT_WRITE_BATCH];
-            let mut total = 0;
-            let mut count = 0;
+            let (mut total, mut count) = (0, 0);
             for (slice, item) in slices.iter_mut().zip(&state.items) {
                 *slice = IoSlice::new(item.wire());
-                total += item.wire().len();
+                total += slice.len();
                 count += 1;
             }
-            // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error,
-            // not a signal. MSG_DONTWAIT: never block.
-            let sent = match socket2::SockRef::from(&socket)
-                .send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-            {
+            // SAFETY: the receiver keeps `fd` open, and writes nothing to
+            // it, for as long as it is lent: it clears `lent` under this
+            // lock before it uses or closes its socket (`reclaim`, and its
+            // drop), and this lock is held until the write is done.
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+            let sent = match crate::wire::send_nonblocking(socket, &slices[..count]) {
                 Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Full, or failed: the receiver's own write waits for room
@@ -263,15 +275,13 @@ impl<T: Wire> QueueSender<T> {
             }
             if left > 0 {
                 let cut = state.items.pop_front().expect("a write stopped inside this item");
-                state.items.push_front(cut.rest_after(left));
+                state.rest = Some(cut.rest_after(left));
             }
             if sent < total {
                 state.hand_back();
                 return taken;
             }
         }
-        state.shrink_if_empty();
-        taken
     }
 }
 
@@ -320,6 +330,7 @@ impl<T> QueueReceiver<T> {
     /// senders write to it in the meantime.
     pub unsafe fn lend(&mut self, fd: RawFd) {
         let mut state = self.shared.state();
+        debug_assert!(state.rest.is_none(), "the end of a lent write was not reclaimed");
         if state.items.is_empty() {
             state.lent = Some(fd);
             self.lent = true;
@@ -327,11 +338,16 @@ impl<T> QueueReceiver<T> {
     }
 
     /// Takes the socket back from the senders, if it was lent: once this
-    /// returns, none of them is writing to it or will.
-    pub fn reclaim(&mut self) {
-        if std::mem::take(&mut self.lent) {
-            self.shared.state().lent = None;
+    /// returns, none of them is writing to it or will. Gives the unsent
+    /// end of the item their last write stopped in, if it stopped inside
+    /// one: it must go out before anything else, or the stream is corrupt.
+    pub fn reclaim(&mut self) -> Option<T> {
+        if !std::mem::take(&mut self.lent) {
+            return None;
         }
+        let mut state = self.shared.state();
+        state.lent = None;
+        state.rest.take()
     }
 
     /// Whether the side waker fired since the last call.
@@ -386,6 +402,7 @@ impl<T> Drop for QueueReceiver<T> {
         let mut state = self.shared.state();
         state.receiver_gone = true;
         state.lent = None;
+        state.rest = None;
         // Frames still queued release their receipts now; the task's waker
         // is not kept past its task.
         state.items.clear();
@@ -514,7 +531,8 @@ mod tests {
 
     /// A socket that takes only part of what is queued: the receiver gets
     /// its socket back and is woken, with the unsent end of the frame the
-    /// write stopped in first in the queue, so nothing is lost or repeated.
+    /// write stopped in (from `reclaim`) and then the rest of the queue,
+    /// so nothing is lost or repeated.
     #[test]
     fn a_full_socket_hands_the_rest_back_to_the_receiver() {
         use std::os::fd::AsRawFd;
@@ -534,10 +552,47 @@ mod tests {
         assert_eq!(tx.write_lent(), 0);
         let mut arrived = readable(&mut peer);
         assert!(!arrived.is_empty());
+        let cut = rx.reclaim().expect("100 KB frames in a 4 KiB buffer: the write stopped inside one");
+        arrived.extend(cut);
         while let Some(rest) = rx.try_recv() {
             arrived.extend(rest);
         }
         assert_eq!(arrived, frames.concat());
+    }
+
+    /// More than one `sendmsg`'s worth of frames all go out, in order.
+    #[test]
+    fn a_long_queue_goes_out_in_several_writes() {
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = frame_queue(1024);
+        let wakes = waiting(&mut rx);
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        let frames: Vec<Vec<u8>> = (0..3 * LENT_WRITE_BATCH).map(|i| format!("{i},").into_bytes()).collect();
+        for frame in &frames {
+            tx.try_send(frame.clone()).unwrap();
+        }
+        assert_eq!(tx.write_lent(), frames.len());
+        assert_eq!(readable(&mut peer), frames.concat());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(rx.reclaim(), None);
+    }
+
+    /// A write that fails (the peer is gone) hands the socket back with
+    /// everything still queued, for the receiver to meet the error itself.
+    #[test]
+    fn a_failed_write_hands_the_socket_back() {
+        use std::os::fd::AsRawFd;
+        let (socket, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(peer);
+        let (tx, mut rx) = frame_queue(16);
+        let wakes = waiting(&mut rx);
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        assert_eq!(tx.try_send(b"lost?".to_vec()), Ok(Sent::ToLentSocket));
+        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.reclaim(), None);
+        assert_eq!(rx.try_recv(), Some(b"lost?".to_vec()));
     }
 
     /// A reclaimed socket is not written: the push wakes the receiver as

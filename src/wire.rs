@@ -8,6 +8,9 @@
 //! `ws::session`), with no per-connection copy and no per-connection write
 //! buffer. The header is tungstenite's own encoding ([`FrameHeader::format`]).
 
+use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
+
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -57,6 +60,14 @@ impl WireFrame {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Writes what `socket` takes of `slices` at once, with one non-blocking
+/// `sendmsg`: the bytes taken, or `WouldBlock` when its send buffer is
+/// full. MSG_NOSIGNAL: a peer that has gone away is an EPIPE error, not a
+/// signal. MSG_DONTWAIT: never block, whatever the socket's mode.
+pub fn send_nonblocking(socket: impl AsFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(&socket).send_vectored_with_flags(slices, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
 }
 
 #[cfg(test)]

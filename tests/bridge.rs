@@ -374,6 +374,67 @@ async fn idle_connections_are_written_by_the_hubs_writer() {
     server.stop().await.unwrap();
 }
 
+/// A subscriber that stops reading while its socket is lent: the writer's
+/// write stops inside a frame, the session takes over the frame's end and
+/// waits for room, its queue fills and the hub kicks it. The end of that
+/// frame still goes out before the close frame, so the stream stays
+/// valid: every message whole, offsets 1, 2, 3..., then 1013.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_a_lent_write_left_half_sent_is_finished_before_the_close() {
+    let server = Server::start_with(|s| {
+        s.hub.subscriber_queue_size = 16;
+        s.server.socket_send_buffer_bytes = 16_384;
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(
+        server.ws_url("/ws"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    subscribe(&mut slow, "feed").await;
+    // Small messages until the writer has written one: the socket is lent
+    // (and stays lent while the writer's writes go out whole).
+    let http = reqwest::Client::new();
+    let mut published = 0;
+    while counter(&server, "orapush_direct_writes_total") == 0 {
+        assert!(published < 100, "no message went to the lent socket");
+        publish_to_feed(&http, &server, &json!({ "n": published })).await;
+        published += 1;
+        next_json(&mut slow).await;
+    }
+    let small = published as usize;
+    // The next goes to the lent socket; 60 KB is far more than both
+    // buffers hold, so that write stops inside it.
+    let payload = json!({ "blob": "x".repeat(60_000) });
+    while counter(&server, "orapush_slow_consumers_disconnected_total") == 0 {
+        assert!(published < 200, "not kicked after {published} messages");
+        publish_to_feed(&http, &server, &payload).await;
+        published += 1;
+    }
+    let mut offsets = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, slow.next()).await.expect("close in time") {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).expect("a whole JSON frame");
+                assert_eq!(frame["data"], payload, "a whole message");
+                offsets.push(frame["offset"].as_u64().unwrap() - small as u64);
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("the stream broke after {} whole messages: {e}", offsets.len()),
+            None => panic!("the stream ended without a close frame"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    assert!(!offsets.is_empty(), "the first large message was written (in part) before the kick");
+    assert_eq!(offsets, (1..=offsets.len() as u64).collect::<Vec<_>>(), "after {small} small ones");
+    server.stop().await.unwrap();
+}
+
 /// A client frame sent in the same write as the upgrade request (hyper
 /// reads it with the request, before the 101) is not lost: the session
 /// reads it first and answers it.

@@ -63,7 +63,7 @@ use crate::broker::SharedBroker;
 use crate::hub::{AlreadySubscribed, ConnId, Hub, Outgoing, Subscriber};
 use crate::message::validate_channel;
 use crate::metrics::Metrics;
-use crate::queue::{frame_queue, QueueReceiver};
+use crate::queue::{frame_queue, QueueReceiver, Wire};
 
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
@@ -122,10 +122,13 @@ const CLOSE_DRAIN: Duration = Duration::from_millis(250);
 
 /// What woke the session's loop, in order of precedence.
 enum Event {
+    /// The end of a frame a write to the lent socket stopped in: it goes
+    /// out before anything else.
+    Rest(Outgoing),
     Shutdown,
     Kicked,
     Expired,
-    /// The first frame the hub queued.
+    /// The first frame queued by the hub.
     Queued(Outgoing),
     /// The client's next frame, its error, or the end of its stream.
     Incoming(Option<Result<WsMessage, tungstenite::Error>>),
@@ -151,7 +154,8 @@ struct Session {
     broken: bool,
     /// tungstenite may hold bytes it has not written yet (a reply, a ping,
     /// the pong it answers a ping with): set by everything but the hub's
-    /// frames, cleared once the next batch of those flushed it.
+    /// frames, cleared once the next batch of those, or a `send_now`,
+    /// flushed it. The socket is lent only while it is clear.
     unflushed: bool,
     subscriber: Subscriber,
     channels: HashSet<String>,
@@ -249,8 +253,12 @@ impl Session {
         let lendable = self.socket.plain_fd().filter(|_| self.ctx.hub.writes_lent_sockets());
         let close_with = loop {
             let event = std::future::poll_fn(|cx| {
-                // Whatever woke the task may write: the socket comes back first.
-                rx.reclaim();
+                // Whatever woke the task may write: the socket comes back
+                // first, and the end of a frame its last lent write stopped
+                // in goes out before anything else.
+                if let Some(rest) = rx.reclaim() {
+                    return Poll::Ready(Event::Rest(rest));
+                }
                 let due = group.due(&mut rx, cx);
                 let others = &mut Context::from_waker(group.waker());
                 // In order of precedence, as a biased select.
@@ -302,7 +310,8 @@ impl Session {
             .await;
             // Only the hub's frames bypass tungstenite; anything else may
             // leave it holding bytes (a read, too: it answers pings).
-            self.unflushed |= !matches!(event, Event::Queued(_));
+            self.unflushed |= !matches!(event, Event::Queued(_) | Event::Rest(_));
+            let started = matches!(event, Event::Rest(_));
             match event {
                 Event::Shutdown => {
                     Box::pin(self.flush_queue(&mut rx)).await;
@@ -317,11 +326,15 @@ impl Session {
                 }
                 // Boxed: the write is live only while frames go out, and an
                 // idle connection should not carry its state.
-                Event::Queued(first) => match Box::pin(self.write_queued(first, &mut rx, None)).await {
-                    WriteEnd::Written => {}
-                    WriteEnd::Failed | WriteEnd::OutOfTime => break None,
-                    WriteEnd::Kicked => break Some((close::TRY_AGAIN_LATER, "too slow: message queue full")),
-                },
+                Event::Rest(first) | Event::Queued(first) => {
+                    match Box::pin(self.write_queued(first, started, &mut rx, None)).await {
+                        WriteEnd::Written => {}
+                        WriteEnd::Failed | WriteEnd::OutOfTime => break None,
+                        WriteEnd::Kicked => {
+                            break Some((close::TRY_AGAIN_LATER, "too slow: message queue full"))
+                        }
+                    }
+                }
                 Event::Incoming(incoming) => {
                     last_heard = Instant::now();
                     let message = match incoming {
@@ -440,11 +453,14 @@ impl Session {
 
     /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]
     /// frames) from their shared bytes, giving up at `deadline` if one is
-    /// set (the shutdown flush). The receipts are released only once the
-    /// socket has taken every byte.
+    /// set (the shutdown flush). `first` is `started` when it is the end of
+    /// a frame a lent write stopped in: cut short, it is finished before
+    /// the close even if none of it went out. The receipts are released
+    /// only once the socket has taken every byte.
     async fn write_queued(
         &mut self,
         first: Outgoing,
+        started: bool,
         rx: &mut QueueReceiver<Outgoing>,
         deadline: Option<Instant>,
     ) -> WriteEnd {
@@ -494,7 +510,7 @@ impl Session {
                 WriteEnd::Failed
             }
             Err(end @ (WriteEnd::Kicked | WriteEnd::OutOfTime)) => {
-                self.torn = torn_rest(batch, written);
+                self.torn = torn_rest(batch, written, started);
                 end
             }
             Err(_) => {
@@ -513,7 +529,7 @@ impl Session {
         let deadline = Instant::now() + self.ctx.config.shutdown_flush;
         while let Some(first) = rx.try_recv() {
             if Instant::now() >= deadline
-                || !matches!(self.write_queued(first, rx, Some(deadline)).await, WriteEnd::Written)
+                || !matches!(self.write_queued(first, false, rx, Some(deadline)).await, WriteEnd::Written)
             {
                 return;
             }
@@ -749,14 +765,18 @@ async fn write_frames(
 }
 
 /// The unwritten end of the frame a write stopped inside, with its
-/// receipt, if it stopped inside one (`written` bytes of `batch` went out).
-fn torn_rest(batch: Vec<Outgoing>, written: usize) -> Option<Torn> {
+/// receipt, if it stopped inside one (`written` bytes of `batch` went
+/// out). The batch's first item is already inside a frame when
+/// `first_started` (it is the end of one), so it is torn even if none of
+/// it went out.
+fn torn_rest(batch: Vec<Outgoing>, written: usize, first_started: bool) -> Option<Torn> {
     let mut start = 0;
-    for out in batch {
+    for (i, out) in batch.into_iter().enumerate() {
         let end = start + out.frame.len();
         if written < end {
-            let rest = out.frame.rest_after(written - start).bytes().clone();
-            return (written > start).then_some(Torn { rest, _receipt: out.receipt });
+            let started = written > start || (i == 0 && first_started);
+            let rest = out.rest_after(written - start);
+            return started.then(|| Torn { rest: rest.frame.bytes().clone(), _receipt: rest.receipt });
         }
         start = end;
     }
@@ -786,12 +806,17 @@ mod tests {
     /// send; one that stopped between frames leaves nothing.
     #[test]
     fn the_torn_rest_is_the_end_of_the_frame_a_write_stopped_in() {
-        let rest = |written| torn_rest(batch(&["abc", "defgh"]), written).map(|t| t.rest); // 5 and 7 bytes on the wire
+        let rest = |written| torn_rest(batch(&["abc", "defgh"]), written, false).map(|t| t.rest); // 5 and 7 bytes on the wire
         assert_eq!(rest(0), None);
         assert_eq!(rest(2).as_deref(), Some(&b"abc"[..]));
         assert_eq!(rest(4).as_deref(), Some(&b"c"[..]));
         assert_eq!(rest(5), None);
         assert_eq!(rest(6).as_deref(), Some(&WireFrame::text("defgh").bytes()[1..]));
         assert_eq!(rest(12), None);
+        // The end of a frame a lent write stopped in is torn from its first byte.
+        let started = |written| torn_rest(batch(&["abc", "defgh"]), written, true).map(|t| t.rest);
+        assert_eq!(started(0).as_deref(), Some(&WireFrame::text("abc").bytes()[..]));
+        assert_eq!(started(5), None);
+        assert_eq!(started(6).as_deref(), Some(&WireFrame::text("defgh").bytes()[1..]));
     }
 }

@@ -19,8 +19,10 @@
 //! and writes the hub's frames with one `sendmsg` on it
 //! ([`Socket::try_send_vectored`]), without tokio's readiness check: at
 //! 10,000 subscribers that boxed stream and the registration's readiness
-//! were memory every delivery had to fetch again. A TLS connection's
-//! bytes must go through rustls; it stays an `Upgraded`.
+//! were memory every delivery had to fetch again. While the session is
+//! idle it lends that socket's descriptor to its queue, for the hub's
+//! writer ([`Socket::plain_fd`], see [`crate::direct`]). A TLS
+//! connection's bytes must go through rustls; it stays an `Upgraded`.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -65,12 +67,7 @@ impl Socket {
     /// waits for room.
     pub fn try_send_vectored(&self, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
         match self.stream.get_ref() {
-            // MSG_NOSIGNAL: a peer that has gone away is an EPIPE error,
-            // not a signal. MSG_DONTWAIT: never block, whatever the socket's mode.
-            Either::Left(tcp) => Some(
-                socket2::SockRef::from(tcp)
-                    .send_vectored_with_flags(slices, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
-            ),
+            Either::Left(tcp) => Some(crate::wire::send_nonblocking(tcp, slices)),
             Either::Right(_) => None,
         }
     }

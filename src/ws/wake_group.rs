@@ -2,7 +2,9 @@
 //!
 //! A session waits on its queue of frames from the hub and on five other
 //! things (shutdown, the hub's kick, the token's expiry, the client's
-//! frames, the ping tick). A delivery wakes it through the queue alone, yet
+//! frames, the ping tick). A delivery the session writes itself (the
+//! hub's writer writes to idle sessions' sockets without waking them, see
+//! [`crate::direct`]) wakes it through the queue alone, yet
 //! a `select!` polls every wait again, on the wake and once more to wait
 //! again, and each of those polls touches memory of its own (a lock, a
 //! timer entry, the socket's registration). At 10,000 subscribers of a
