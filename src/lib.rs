@@ -11,6 +11,9 @@
 //! source thread ──Batch (bounded, 1)──▶ dispatcher ──▶ hub ──Outgoing (bounded per connection)──▶ session ──▶ browser
 //!  claim rows                             publish        offset, history,        write JSON frame
 //!  … delete + commit after the ack ◀──────── ack ◀────── frame serialised once
+//!                                                           │
+//!                                                           └─ idle connection ──▶ direct writer ──▶ browser
+//!                                                              (socket lent by its session; one sendmsg)
 //! ```
 //!
 //! ## Layout
@@ -23,7 +26,8 @@
 //! | [`message`] | the row → message rule (seed JSON rule), channel names and patterns |
 //! | [`source`] | the outbox contract, the shared drain loop ([`source::drain`]), one file per database |
 //! | [`hub`] | channel → subscribers, offsets under an epoch, history, overflow policy |
-//! | [`queue`] | a connection's bounded frame queue, empty of memory while idle |
+//! | [`queue`] | a connection's bounded frame queue, empty of memory while idle; lends an idle session's socket |
+//! | [`direct`] | the hub's writer: frames straight to idle connections' sockets, without waking their tasks |
 //! | [`wire`] | a server frame encoded once (header and payload) and shared by every connection |
 //! | [`ws`] | upgrade and Origin check, the session loop, the protocol frames and close codes |
 //! | [`http`] | routes: health, readiness, metrics, publish, static client and demo page |

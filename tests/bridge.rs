@@ -339,8 +339,9 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
 
 /// Messages to idle connections are written by the hub's writer, straight
 /// to the sockets their sessions lent it, whole and in order to each; a
-/// client frame between messages takes the socket back (the reply goes
-/// out in its place) and the next message still arrives.
+/// client frame between messages (a request, or a control ping) takes the
+/// socket back, the reply goes out whole, and the next message still
+/// arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_written_by_the_hubs_writer() {
     let server = Server::start().await;
@@ -364,6 +365,12 @@ async fn idle_connections_are_written_by_the_hubs_writer() {
         }
         if sent == 2 || sent == 4 {
             expect_pong_next(&mut clients[0]).await;
+        }
+        if sent == 3 || sent == 5 {
+            // A control ping: tungstenite's pong goes out before the next message.
+            clients[1].send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+            let pong = tokio::time::timeout(PATIENCE, clients[1].next()).await.expect("a pong in time");
+            assert!(matches!(&pong, Some(Ok(Message::Pong(p))) if p.as_ref() == b"p"), "{pong:?}");
         }
     }
     // (The count follows each write, so it may trail what the clients read.)

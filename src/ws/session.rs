@@ -152,10 +152,10 @@ struct Session {
     torn: Option<Torn>,
     /// A write failed or timed out: nothing more is written.
     broken: bool,
-    /// tungstenite may hold bytes it has not written yet (a reply, a ping,
-    /// the pong it answers a ping with): set by everything but the hub's
-    /// frames, cleared once the next batch of those, or a `send_now`,
-    /// flushed it. The socket is lent only while it is clear.
+    /// tungstenite may hold bytes it has not written yet (the pong it
+    /// answers a client's ping with): set when a ping is read, cleared once
+    /// the next batch of the hub's frames, or a `send_now`, flushed it. The
+    /// socket is lent only while it is clear.
     unflushed: bool,
     subscriber: Subscriber,
     channels: HashSet<String>,
@@ -308,9 +308,10 @@ impl Session {
                 Poll::Ready(event)
             })
             .await;
-            // Only the hub's frames bypass tungstenite; anything else may
-            // leave it holding bytes (a read, too: it answers pings).
-            self.unflushed |= !matches!(event, Event::Queued(_) | Event::Rest(_));
+            // tungstenite answers a ping by queueing a pong, which its next
+            // read or flush writes: until then it may hold bytes. (Its
+            // other writes are `send_now`'s, which flush, or the close's.)
+            self.unflushed |= matches!(event, Event::Incoming(Some(Ok(WsMessage::Ping(_)))));
             let started = matches!(event, Event::Rest(_));
             match event {
                 Event::Shutdown => {
