@@ -45,6 +45,19 @@ const KEEP_WHEN_EMPTY: usize = 16;
 /// Frames written to a lent socket per `sendmsg` at most.
 const LENT_WRITE_BATCH: usize = 64;
 
+/// `sendmsg`s to one lent socket per [`QueueSender::write_lent`] at most,
+/// so a queue that a publisher keeps refilling does not hold the writer.
+const LENT_WRITES_PER_CALL: usize = 4;
+
+/// What one [`QueueSender::write_lent`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LentWrite {
+    /// Items the socket took whole.
+    pub frames: usize,
+    /// The socket is still lent and items are left: call again later.
+    pub more: bool,
+}
+
 /// What a queue's items are, for writing them to a lent socket.
 pub trait Wire {
     /// The item's bytes on the wire.
@@ -231,15 +244,16 @@ impl<T: Wire> QueueSender<T> {
     /// back and is woken, with what is left still queued and the unsent
     /// end of the item the write stopped in set aside for it to write
     /// first. Does nothing once the receiver has taken its socket back.
-    /// Returns how many items the socket took whole.
-    pub fn write_lent(&self) -> usize {
+    /// Makes at most [`LENT_WRITES_PER_CALL`] writes.
+    pub fn write_lent(&self) -> LentWrite {
         let mut taken = 0;
-        loop {
+        let done = |frames| LentWrite { frames, more: false };
+        for _ in 0..LENT_WRITES_PER_CALL {
             let mut state = self.shared.state();
-            let Some(fd) = state.lent else { return taken };
+            let Some(fd) = state.lent else { return done(taken) };
             if state.items.is_empty() {
                 state.shrink_if_empty();
-                return taken;
+                return done(taken);
             }
             let mut slices = [IoSlice::new(&[]); LENT_WRITE_BATCH];
             let (mut total, mut count) = (0, 0);
@@ -260,7 +274,7 @@ impl<T: Wire> QueueSender<T> {
                 // or meets the error.
                 Err(_) => {
                     state.hand_back();
-                    return taken;
+                    return done(taken);
                 }
             };
             let mut left = sent;
@@ -279,8 +293,22 @@ impl<T: Wire> QueueSender<T> {
             }
             if sent < total {
                 state.hand_back();
-                return taken;
+                return done(taken);
             }
+        }
+        let more = {
+            let state = self.shared.state();
+            state.lent.is_some() && !state.items.is_empty()
+        };
+        LentWrite { frames: taken, more }
+    }
+
+    /// Gives the receiver its socket back and wakes it, if it is lent: for
+    /// a writer that can no longer write it.
+    pub fn give_back_lent(&self) {
+        let mut state = self.shared.state();
+        if state.lent.is_some() {
+            state.hand_back();
         }
     }
 }
@@ -519,11 +547,11 @@ mod tests {
         unsafe { rx.lend(socket.as_raw_fd()) };
         assert_eq!(tx.try_send(b"one ".to_vec()), Ok(Sent::ToLentSocket));
         assert_eq!(tx.try_send(b"two ".to_vec()), Ok(Sent::Queued));
-        assert_eq!(tx.write_lent(), 2);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 2, more: false });
         assert_eq!(readable(&mut peer), b"one two ");
         assert_eq!(rx.try_recv(), None);
         assert_eq!(tx.try_send(b"three".to_vec()), Ok(Sent::ToLentSocket));
-        assert_eq!(tx.write_lent(), 1);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 1, more: false });
         assert_eq!(readable(&mut peer), b"three");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         rx.reclaim();
@@ -545,11 +573,11 @@ mod tests {
         for frame in &frames {
             tx.try_send(frame.clone()).unwrap();
         }
-        let taken = tx.write_lent();
+        let taken = tx.write_lent().frames;
         assert!(taken < frames.len(), "a 4 KiB buffer took {taken} frames of 100 KB");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         // Handed back: nothing more is written until it is lent again.
-        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         let mut arrived = readable(&mut peer);
         assert!(!arrived.is_empty());
         let cut = rx.reclaim().expect("100 KB frames in a 4 KiB buffer: the write stopped inside one");
@@ -560,7 +588,8 @@ mod tests {
         assert_eq!(arrived, frames.concat());
     }
 
-    /// More than one `sendmsg`'s worth of frames all go out, in order.
+    /// More than one `sendmsg`'s worth of frames all go out, in order; a
+    /// call stops after [`LENT_WRITES_PER_CALL`] writes and says more is left.
     #[test]
     fn a_long_queue_goes_out_in_several_writes() {
         use std::os::fd::AsRawFd;
@@ -568,14 +597,34 @@ mod tests {
         let (tx, mut rx) = frame_queue(1024);
         let wakes = waiting(&mut rx);
         unsafe { rx.lend(socket.as_raw_fd()) };
-        let frames: Vec<Vec<u8>> = (0..3 * LENT_WRITE_BATCH).map(|i| format!("{i},").into_bytes()).collect();
+        let per_call = LENT_WRITES_PER_CALL * LENT_WRITE_BATCH;
+        let frames: Vec<Vec<u8>> = (0..per_call + 10).map(|i| format!("{i},").into_bytes()).collect();
         for frame in &frames {
             tx.try_send(frame.clone()).unwrap();
         }
-        assert_eq!(tx.write_lent(), frames.len());
+        assert_eq!(tx.write_lent(), LentWrite { frames: per_call, more: true });
+        assert_eq!(tx.write_lent(), LentWrite { frames: 10, more: false });
         assert_eq!(readable(&mut peer), frames.concat());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         assert_eq!(rx.reclaim(), None);
+    }
+
+    /// A writer that can no longer write gives the socket back: the
+    /// receiver is woken and finds the frame queued.
+    #[test]
+    fn a_socket_given_back_is_the_receivers_again() {
+        use std::os::fd::AsRawFd;
+        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = frame_queue(16);
+        let wakes = waiting(&mut rx);
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        assert_eq!(tx.try_send(b"frame".to_vec()), Ok(Sent::ToLentSocket));
+        tx.give_back_lent();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
+        assert_eq!(rx.reclaim(), None);
+        assert_eq!(rx.try_recv(), Some(b"frame".to_vec()));
+        assert_eq!(readable(&mut peer), b"");
     }
 
     /// A write that fails (the peer is gone) hands the socket back with
@@ -589,7 +638,7 @@ mod tests {
         let wakes = waiting(&mut rx);
         unsafe { rx.lend(socket.as_raw_fd()) };
         assert_eq!(tx.try_send(b"lost?".to_vec()), Ok(Sent::ToLentSocket));
-        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(rx.reclaim(), None);
         assert_eq!(rx.try_recv(), Some(b"lost?".to_vec()));
@@ -607,12 +656,12 @@ mod tests {
         rx.reclaim();
         assert_eq!(tx.try_send(b"frame".to_vec()), Ok(Sent::Queued));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         assert_eq!(rx.try_recv(), Some(b"frame".to_vec()));
         unsafe { rx.lend(socket.as_raw_fd()) };
         drop(rx);
         assert_eq!(tx.try_send(b"late".to_vec()), Err(TrySendError::Closed(b"late".to_vec())));
-        assert_eq!(tx.write_lent(), 0);
+        assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         assert_eq!(readable(&mut peer), b"");
     }
 

@@ -4,9 +4,10 @@
 //! complete frame of a message, header and payload, is the same bytes for
 //! every subscriber. The hub encodes it once per publish into a
 //! [`WireFrame`]; every connection's queue holds a cheap clone of those
-//! bytes, and the session writes them straight to its socket (see
-//! `ws::session`), with no per-connection copy and no per-connection write
-//! buffer. The header is tungstenite's own encoding ([`FrameHeader::format`]).
+//! bytes, and the session, or the hub's writer while the session is idle,
+//! writes them straight to its socket (see `ws::session` and
+//! [`crate::direct`]), with no per-connection copy and no per-connection
+//! write buffer. The header is tungstenite's own encoding ([`FrameHeader::format`]).
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;

@@ -13,8 +13,9 @@
 //! session lends its socket to its queue, and the hub's frames are written
 //! to it by the hub's writer without waking this task at all (see
 //! [`crate::direct`]). Every turn of the loop takes the socket back before
-//! anything else, so whatever woke the task may write or close it; and
-//! what a lent socket could not take comes back through the queue.
+//! anything else, so whatever woke the task may write or close it. What a
+//! lent socket could not take comes back: first the end of the frame its
+//! write stopped in (written before anything else), then the queue.
 //!
 //! The hub's frames come pre-encoded and shared (see [`crate::wire`]): the
 //! session writes whatever is queued (up to [`WRITE_BATCH`] frames) from
@@ -23,13 +24,14 @@
 //! see [`super::upgrade`]; tokio's writer once the send buffer is full,
 //! and always over TLS) and, on plain TCP, no copy and no write buffer of
 //! its own. Its own frames (replies,
-//! replays, pings, close) go through tungstenite, whose buffer is flushed
-//! before each batch, so frames never interleave. Most writes complete on
+//! replays, pings, close) go through tungstenite and are flushed at once;
+//! the one thing tungstenite may still hold, the pong it answers a client's
+//! ping with, is flushed before the next batch, so frames never interleave. Most writes complete on
 //! their first poll; a write the socket does not take at once is bounded by
 //! `server.write_timeout_ms` and abandoned if the hub cancels the
 //! connection, so a peer that stopped reading cannot pin this task. A frame
 //! left half-written by a cancel (the hub's, or the end of the shutdown
-//! flush) is finished before the close frame; after a failed or timed-out
+//! flush), or by a lent write, is finished before the close frame; after a failed or timed-out
 //! write, of either kind, nothing more is written. Raw frames are only
 //! ever written from the loop, before any close frame.
 //!
@@ -250,7 +252,7 @@ impl Session {
         // A plain TCP socket is lent to the queue while the task waits with
         // nothing to flush, so the hub's frames are written to it without
         // a turn of this task (see `crate::direct`).
-        let lendable = self.socket.plain_fd().filter(|_| self.ctx.hub.writes_lent_sockets());
+        let lendable = self.socket.plain_fd();
         let close_with = loop {
             let event = std::future::poll_fn(|cx| {
                 // Whatever woke the task may write: the socket comes back
@@ -292,7 +294,8 @@ impl Session {
                     }
                     // Every wait is registered: the queue with the task's
                     // waker, the others with the group's.
-                    if let Some(fd) = lendable.filter(|_| !self.unflushed && !self.broken) {
+                    let writer_runs = self.ctx.hub.writes_lent_sockets();
+                    if let Some(fd) = lendable.filter(|_| writer_runs && !self.unflushed && !self.broken) {
                         // SAFETY: the socket stays open and unwritten until
                         // the next turn reclaims it (every path that writes
                         // or closes it starts with a turn), or until `rx` is
@@ -469,6 +472,9 @@ impl Session {
         // (it bypasses tokio's writer): spend one unit per batch here, so a
         // session whose queue the hub keeps refilling still lets the
         // worker's other tasks run (tokio yields once the budget is gone).
+        // A lent socket's rest must go out first: the socket is lent only
+        // while tungstenite holds nothing, and nothing was written since.
+        debug_assert!(!started || !self.unflushed, "tungstenite bytes before a lent write's rest");
         tokio::task::coop::consume_budget().await;
         // Sized by what is queued (`take_into` reserves): a lone frame, the
         // common case between bursts, costs a small allocation.
@@ -708,7 +714,7 @@ impl Session {
 }
 
 /// Writes a batch of pre-encoded frames: first whatever tungstenite may
-/// still hold (a pong, the end of a reply: when `unflushed`), then the
+/// still hold (a pong: when `unflushed`), then the
 /// frames' shared bytes with vectored writes: straight to a plain TCP
 /// socket while it takes them, through the stream's writer (which waits
 /// for room) once it does not, and always over TLS. `written` counts the
