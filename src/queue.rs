@@ -519,6 +519,27 @@ mod tests {
         count
     }
 
+    /// A queue whose receiver waits (its wakes counted) and has lent one
+    /// end of a socket pair; `peer` reads what was written to it.
+    struct LentQueue {
+        tx: QueueSender<Vec<u8>>,
+        rx: QueueReceiver<Vec<u8>>,
+        wakes: Arc<Count>,
+        peer: std::os::unix::net::UnixStream,
+        socket: std::os::unix::net::UnixStream,
+    }
+
+    fn lent_queue(capacity: usize) -> LentQueue {
+        use std::os::fd::AsRawFd;
+        let (socket, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = frame_queue(capacity);
+        let wakes = waiting(&mut rx);
+        // SAFETY: the tests keep `socket` open while `rx` lives, and write
+        // to it only through the queue.
+        unsafe { rx.lend(socket.as_raw_fd()) };
+        LentQueue { tx, rx, wakes, peer, socket }
+    }
+
     /// What the peer can read now, without waiting.
     fn readable(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
         use std::io::Read;
@@ -539,12 +560,7 @@ mod tests {
     /// order, and leaves the socket lent for the next push.
     #[test]
     fn a_lent_socket_is_written_without_waking_the_receiver() {
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, mut rx) = frame_queue(16);
-        let wakes = waiting(&mut rx);
-        // SAFETY (here and below): `socket` outlives `rx`, and nothing else writes to it.
-        unsafe { rx.lend(socket.as_raw_fd()) };
+        let LentQueue { tx, mut rx, wakes, mut peer, socket: _socket } = lent_queue(16);
         assert_eq!(tx.try_send(b"one ".to_vec()), Ok(Sent::ToLentSocket));
         assert_eq!(tx.try_send(b"two ".to_vec()), Ok(Sent::Queued));
         assert_eq!(tx.write_lent(), LentWrite { frames: 2, more: false });
@@ -563,12 +579,8 @@ mod tests {
     /// so nothing is lost or repeated.
     #[test]
     fn a_full_socket_hands_the_rest_back_to_the_receiver() {
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let LentQueue { tx, mut rx, wakes, mut peer, socket } = lent_queue(16);
         socket2::SockRef::from(&socket).set_send_buffer_size(4096).unwrap();
-        let (tx, mut rx) = frame_queue(16);
-        let wakes = waiting(&mut rx);
-        unsafe { rx.lend(socket.as_raw_fd()) };
         let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 100_000]).collect();
         for frame in &frames {
             tx.try_send(frame.clone()).unwrap();
@@ -592,11 +604,7 @@ mod tests {
     /// call stops after [`LENT_WRITES_PER_CALL`] writes and says more is left.
     #[test]
     fn a_long_queue_goes_out_in_several_writes() {
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, mut rx) = frame_queue(1024);
-        let wakes = waiting(&mut rx);
-        unsafe { rx.lend(socket.as_raw_fd()) };
+        let LentQueue { tx, mut rx, wakes, mut peer, socket: _socket } = lent_queue(1024);
         let per_call = LENT_WRITES_PER_CALL * LENT_WRITE_BATCH;
         let frames: Vec<Vec<u8>> = (0..per_call + 10).map(|i| format!("{i},").into_bytes()).collect();
         for frame in &frames {
@@ -613,11 +621,7 @@ mod tests {
     /// receiver is woken and finds the frame queued.
     #[test]
     fn a_socket_given_back_is_the_receivers_again() {
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, mut rx) = frame_queue(16);
-        let wakes = waiting(&mut rx);
-        unsafe { rx.lend(socket.as_raw_fd()) };
+        let LentQueue { tx, mut rx, wakes, mut peer, socket: _socket } = lent_queue(16);
         assert_eq!(tx.try_send(b"frame".to_vec()), Ok(Sent::ToLentSocket));
         tx.give_back_lent();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
@@ -631,12 +635,8 @@ mod tests {
     /// everything still queued, for the receiver to meet the error itself.
     #[test]
     fn a_failed_write_hands_the_socket_back() {
-        use std::os::fd::AsRawFd;
-        let (socket, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let LentQueue { tx, mut rx, wakes, peer, socket: _socket } = lent_queue(16);
         drop(peer);
-        let (tx, mut rx) = frame_queue(16);
-        let wakes = waiting(&mut rx);
-        unsafe { rx.lend(socket.as_raw_fd()) };
         assert_eq!(tx.try_send(b"lost?".to_vec()), Ok(Sent::ToLentSocket));
         assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
@@ -648,17 +648,14 @@ mod tests {
     /// usual. Neither is the socket of a receiver that is gone.
     #[test]
     fn a_reclaimed_socket_is_not_written() {
-        use std::os::fd::AsRawFd;
-        let (socket, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (tx, mut rx) = frame_queue(16);
-        let wakes = waiting(&mut rx);
-        unsafe { rx.lend(socket.as_raw_fd()) };
+        let LentQueue { tx, mut rx, wakes, mut peer, socket } = lent_queue(16);
         rx.reclaim();
         assert_eq!(tx.try_send(b"frame".to_vec()), Ok(Sent::Queued));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
         assert_eq!(rx.try_recv(), Some(b"frame".to_vec()));
-        unsafe { rx.lend(socket.as_raw_fd()) };
+        // SAFETY: as in `lent_queue`.
+        unsafe { rx.lend(std::os::fd::AsRawFd::as_raw_fd(&socket)) };
         drop(rx);
         assert_eq!(tx.try_send(b"late".to_vec()), Err(TrySendError::Closed(b"late".to_vec())));
         assert_eq!(tx.write_lent(), LentWrite { frames: 0, more: false });
