@@ -359,7 +359,7 @@ impl Hub {
     }
 
     /// Has the frames just pushed to lent sockets written.
-    fn write_lent(&self, queues: Vec<QueueSender<Outgoing>>) {
+    fn hand_to_writer(&self, queues: Vec<QueueSender<Outgoing>>) {
         if let Some(direct) = &self.inner.direct {
             direct.hand_over(queues);
         }
@@ -776,27 +776,22 @@ impl Hub {
             metrics.deliveries.inc_by(delivered as u64);
         }
         let wants_bare = |channel| self.inner.legacy_patterns.iter().any(|p| p.matches(channel));
-        let bare = match out.data {
-            Some(data) if !legacy.is_empty() && wants_bare(out.channel) => data,
-            _ => {
-                self.write_lent(lent);
-                return delivered;
-            }
-        };
-        let bare = WireFrame::text(bare);
         let mut delivered_bare = 0;
-        legacy.values().for_each(|sub| sub.tx.prefetch());
-        legacy.retain(|_, sub| {
-            let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
-            if !permitted || !may_receive(sub, out.target) {
-                return true;
-            }
-            let kept = deliver(sub, &bare, out.receipt, metrics, &mut lent);
-            delivered_bare += usize::from(kept);
-            kept
-        });
-        metrics.deliveries.inc_by(delivered_bare as u64);
-        self.write_lent(lent);
+        if let Some(data) = out.data.filter(|_| !legacy.is_empty() && wants_bare(out.channel)) {
+            let bare = WireFrame::text(data);
+            legacy.values().for_each(|sub| sub.tx.prefetch());
+            legacy.retain(|_, sub| {
+                let permitted = sub.permits.as_ref().is_none_or(|p| p.iter().any(|p| p.matches(out.channel)));
+                if !permitted || !may_receive(sub, out.target) {
+                    return true;
+                }
+                let kept = deliver(sub, &bare, out.receipt, metrics, &mut lent);
+                delivered_bare += usize::from(kept);
+                kept
+            });
+            metrics.deliveries.inc_by(delivered_bare as u64);
+        }
+        self.hand_to_writer(lent);
         delivered + delivered_bare
     }
 
@@ -838,7 +833,7 @@ impl Hub {
             kept
         });
         metrics.deliveries.inc_by(delivered);
-        self.write_lent(lent);
+        self.hand_to_writer(lent);
     }
 
     /// The last frame delivered here for a channel, when the channel has
