@@ -18,7 +18,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -651,8 +651,12 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> Broa
 
 /// What one fan-out run measured.
 struct Fanout {
-    /// Per message: ms from its POST until the last reading subscriber had it.
+    /// Per message: ms from its time in the schedule until the last reading
+    /// subscriber had it.
     latencies: Vec<f64>,
+    /// The rate the POSTs kept (below the schedule's when a server answers
+    /// them late).
+    posts_per_second: f64,
     /// The load client's CPU time per delivery, in µs (its own cost).
     client_us_per_delivery: f64,
     /// The server's CPU time per delivery, in µs.
@@ -665,6 +669,102 @@ struct Fanout {
     connections_at_end: f64,
     /// The server's peak RSS during the run, in KiB.
     peak_rss_kib: u64,
+}
+
+/// What the fan-out readers' thread hands back.
+struct ReadersDone {
+    /// Per message: µs since the run's start when its last reader had it.
+    done_at: Vec<Option<u64>>,
+    /// Readers whose connection the server closed or broke.
+    lost: usize,
+    /// Kept open until the run's CPU time is read: closing is not delivering.
+    sockets: Vec<mio::net::TcpStream>,
+}
+
+/// Reads every fan-out subscriber on this one thread, from one epoll set,
+/// until each of `messages` has reached every reader, a reader is lost (the
+/// run then has no figure), or `stop` is set.
+///
+/// One tokio task per subscriber, on a runtime whose two workers shared the
+/// client's one core, made the client the slowest part of the run: each
+/// delivery woke a task and often switched threads. This loop does one
+/// `recv` per ready socket and nothing else, so more of the figure is the
+/// server's. It is the same for every server under test.
+fn read_fanout(
+    streams: Vec<(std::net::TcpStream, FrameCounter)>,
+    messages: usize,
+    start: Instant,
+    stop: &AtomicBool,
+) -> ReadersDone {
+    use std::io::{Read, Write};
+    let mut poll = mio::Poll::new().expect("create the readers' epoll set");
+    let mut readers: Vec<(mio::net::TcpStream, FrameCounter)> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, (stream, counter))| {
+            let mut stream = mio::net::TcpStream::from_std(stream);
+            poll.registry()
+                .register(&mut stream, mio::Token(i), mio::Interest::READABLE)
+                .expect("register a reader's socket");
+            (stream, counter)
+        })
+        .collect();
+    let reader_count = readers.len();
+    let mut arrived = vec![0usize; messages];
+    let mut done_at = vec![None; messages];
+    let mut complete = 0;
+    let mut lost = 0;
+    let mut events = mio::Events::with_capacity(1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    while complete < messages && lost == 0 && !stop.load(Ordering::SeqCst) {
+        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("waiting on the readers' sockets: {e}"),
+        }
+        for event in &events {
+            let (stream, counter) = &mut readers[event.token().0];
+            loop {
+                let before = counter.count;
+                let n = match stream.read(&mut buf) {
+                    Ok(0) => {
+                        lost += 1;
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        lost += 1;
+                        break;
+                    }
+                };
+                counter.feed(&buf[..n]);
+                // A pong the socket does not take at once waits for the
+                // next read: it is a few bytes, and pings are seconds apart.
+                if !counter.pongs.is_empty() {
+                    if let Ok(written) = stream.write(&counter.pongs) {
+                        counter.pongs.drain(..written);
+                    }
+                }
+                for k in before..counter.count.min(messages) {
+                    arrived[k] += 1;
+                    if arrived[k] == reader_count {
+                        done_at[k] = Some(start.elapsed().as_micros() as u64);
+                        complete += 1;
+                    }
+                }
+                // A short read emptied the socket; anything that arrives
+                // later raises a new edge (tokio's readiness makes the same
+                // use of a short read on Linux), so no second `recv` to
+                // see WouldBlock.
+                if n < buf.len() {
+                    break;
+                }
+            }
+        }
+    }
+    ReadersDone { done_at, lost, sockets: readers.into_iter().map(|(stream, _)| stream).collect() }
 }
 
 /// Fan-out latency: `messages` messages of `body_bytes` bytes, one every
@@ -691,38 +791,24 @@ async fn fanout(
         sleepers.push(stream);
     }
     let start = Instant::now();
-    let arrived: Arc<Vec<AtomicUsize>> = Arc::new((0..messages).map(|_| AtomicUsize::new(0)).collect());
-    let done_at: Arc<Vec<AtomicU64>> = Arc::new((0..messages).map(|_| AtomicU64::new(0)).collect());
-    let all_done = Arc::new(Notify::new());
-    let lost = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for (mut stream, mut counter) in conns {
-        counter.body_bytes = body_bytes;
-        let (arrived, done_at, all_done) = (arrived.clone(), done_at.clone(), all_done.clone());
-        let lost = lost.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            while counter.count < messages {
-                let before = counter.count;
-                if let Ok(0) | Err(_) = read_counting(&mut stream, &mut counter, &mut buf).await {
-                    // The server dropped a reader: the run has no figure.
-                    lost.fetch_add(1, Ordering::SeqCst);
-                    all_done.notify_one();
-                    return None;
-                }
-                for k in before..counter.count.min(messages) {
-                    if arrived[k].fetch_add(1, Ordering::SeqCst) + 1 == readers {
-                        done_at[k].store(start.elapsed().as_micros() as u64, Ordering::SeqCst);
-                        if k + 1 == messages {
-                            all_done.notify_one();
-                        }
-                    }
-                }
+    let streams = conns
+        .into_iter()
+        .map(|(stream, mut counter)| {
+            counter.body_bytes = body_bytes;
+            (stream.into_std().expect("take a reader's socket from tokio"), counter)
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (finished_tx, mut finished) = tokio::sync::oneshot::channel();
+    let readers_thread = std::thread::Builder::new()
+        .name("fanout-readers".into())
+        .spawn({
+            let stop = stop.clone();
+            move || {
+                let _ = finished_tx.send(read_fanout(streams, messages, start, &stop));
             }
-            // Kept open until the run's CPU time is read: closing is not delivering.
-            Some(stream)
-        }));
-    }
+        })
+        .expect("start the fan-out readers' thread");
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/", server.port);
     loop {
@@ -739,40 +825,58 @@ async fn fanout(
     let server_cpu_before = process_cpu_micros(server.child.id());
     let losses_before = LossCounters::read();
     let rss = RssSampler::start(server.child.id());
-    let mut sent_at = Vec::with_capacity(messages);
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for _ in 0..messages {
-        tick.tick().await;
-        sent_at.push(start.elapsed().as_micros() as u64);
+    // Each message has its time in a fixed schedule, and its latency counts
+    // from that time, not from when its POST went out. A server that answers
+    // the POST only after its fan-out (seed-node) would otherwise hold the
+    // next message back whenever it falls behind, and its queue would never
+    // show in the figure (coordinated omission). A late POST is followed at
+    // once by those that fell due meanwhile.
+    let period = Duration::from_micros(1_000_000 / per_second);
+    let first_due = tokio::time::Instant::now();
+    let first_due_us = start.elapsed().as_micros() as u64;
+    let mut due_at = Vec::with_capacity(messages);
+    let mut last_post_us = first_due_us;
+    for k in 0..messages {
+        let offset = period * u32::try_from(k).expect("fewer than 2^32 messages");
+        tokio::time::sleep_until(first_due + offset).await;
+        due_at.push(first_due_us + offset.as_micros() as u64);
+        last_post_us = start.elapsed().as_micros() as u64;
         let r = http.post(&url).body(body.clone()).send().await.unwrap();
         assert!(r.status().is_success());
     }
-    let _ = tokio::time::timeout(Duration::from_secs(120), all_done.notified()).await;
+    let posts_per_second =
+        (messages - 1) as f64 / (last_post_us.saturating_sub(first_due_us).max(1) as f64 / 1e6);
+    let readers_done = match tokio::time::timeout(Duration::from_secs(120), &mut finished).await {
+        Ok(done) => done,
+        Err(_) => {
+            stop.store(true, Ordering::SeqCst);
+            finished.await
+        }
+    }
+    .expect("the fan-out readers' thread ends with a result");
     let client_us = (cpu_micros() - cpu_before) as f64;
     let losses = LossCounters::read().since(losses_before);
     let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
-    let lost = lost.load(Ordering::SeqCst);
-    let incomplete = done_at.iter().filter(|d| d.load(Ordering::SeqCst) == 0).count();
+    readers_thread.join().expect("the fan-out readers' thread does not panic");
+    let ReadersDone { done_at, lost, sockets } = readers_done;
+    let incomplete = done_at.iter().filter(|d| d.is_none()).count();
     if lost > 0 || incomplete > 0 {
-        for t in tasks {
-            t.abort();
-        }
         return Err(format!(
             "{lost} readers lost their connection, {incomplete} messages never reached every reader"
         ));
     }
     let peak_rss_kib = rss.peak();
     let connections_at_end = metric(server.port, "orapush_connections ");
-    for t in tasks {
-        t.abort();
-    }
+    drop(sockets);
     drop(sleepers);
-    let latencies = (0..messages)
-        .map(|k| done_at[k].load(Ordering::SeqCst).saturating_sub(sent_at[k]) as f64 / 1000.0)
+    let latencies = done_at
+        .iter()
+        .zip(&due_at)
+        .map(|(done, due)| done.unwrap_or_default().saturating_sub(*due) as f64 / 1000.0)
         .collect();
     Ok(Fanout {
         latencies,
+        posts_per_second,
         client_us_per_delivery: client_us / (readers * messages) as f64,
         server_us_per_delivery: server_us / (readers * messages) as f64,
         losses,
@@ -1125,11 +1229,11 @@ const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
 async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
     let sizes = if args.quick { vec![args.subscribers] } else { vec![args.subscribers, args.connections] };
     println!(
-        "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it (pinned)\n",
+        "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, from its time in the schedule until the last subscriber has it (pinned)\n",
         args.fanout_rate, args.fanout_messages
     );
-    println!("| subscribers | server | p50 ms | p99 ms | max ms | server CPU µs per delivery | client CPU µs per delivery | loopback backlog drops / TCP loss probes / TCP RTOs |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| subscribers | server | p50 ms | p99 ms | max ms | POSTs/s kept | server CPU µs per delivery | client CPU µs per delivery | loopback backlog drops / TCP loss probes / TCP RTOs |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     pin(true);
     let mut distributions = Vec::new();
     for &n in &sizes {
@@ -1141,11 +1245,14 @@ async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
                     runs.push((name.clone(), run.latencies.clone()));
                     let (p50, p99, max) = percentiles(run.latencies);
                     println!(
-                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.2} | {:.2} | {} |",
-                        run.server_us_per_delivery, run.client_us_per_delivery, run.losses
+                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.1} | {:.2} | {:.2} | {} |",
+                        run.posts_per_second,
+                        run.server_us_per_delivery,
+                        run.client_us_per_delivery,
+                        run.losses
                     );
                 }
-                Err(why) => println!("| {n} | {name} | failed: {why} | | | | | |"),
+                Err(why) => println!("| {n} | {name} | failed: {why} | | | | | | |"),
             }
         }
         distributions.push((n, runs));
