@@ -9,6 +9,10 @@
 //! 3. Insert→receive latency through the SQLite outbox at a fixed rate
 //!    (orapush only: the baselines have no outbox), and how often the
 //!    drainer reads the outbox while idle.
+//! 4. With `--fanout`: fan-out latency (one message at a time, until the
+//!    last subscriber has it) and slow consumers; see `bridge/fanout.rs`.
+//! 5. With `--soak MINUTES`: connections churning while outbox rows flow
+//!    to steady subscribers; RSS and open files sampled every minute.
 //!
 //! With `--target-ws` it measures an orapush that is already running on
 //! Oracle instead (tests/compose/bench.sh, against the compose services):
@@ -26,6 +30,8 @@ use clap::Parser;
 
 #[path = "bridge/charts.rs"]
 mod charts;
+#[path = "bridge/fanout.rs"]
+mod fanout;
 #[path = "../tests/common/handshake.rs"]
 mod handshake;
 use futures_util::StreamExt;
@@ -79,12 +85,12 @@ struct Args {
     /// Fan-out messages per second.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     fanout_rate: u64,
-    /// Messages of the slow-consumer runs (enough to fill a socket's
-    /// buffers and then the queue).
-    #[arg(long, default_value_t = 1_500)]
-    slow_messages: usize,
-    /// Messages per second of the slow-consumer runs.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Phases with slow consumers, and as many without, in the
+    /// slow-consumer section (one more with them first warms up).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..))]
+    slow_rounds: u64,
+    /// Messages per second of the slow-consumer section.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     slow_rate: u64,
     /// Skip the PostgreSQL measurements.
     #[arg(long)]
@@ -138,7 +144,7 @@ impl Args {
             self.backlog = 2_000;
             self.fanout_messages = 20;
             self.fanout_rate = 50;
-            self.slow_messages = 20;
+            self.slow_rounds = 1;
             self.slow_rate = 50;
             self.fanout = true;
         }
@@ -649,260 +655,6 @@ async fn broadcast(server: &Server, subscribers: usize, messages: usize) -> Broa
     Broadcast { rate: deliveries / elapsed.as_secs_f64(), server_us, client_us, peak_rss_kib: rss.peak() }
 }
 
-/// What one fan-out run measured.
-struct Fanout {
-    /// Per message: ms from its POST (or from when it fell due, if the
-    /// server's late answer to the previous POST held it back) until the
-    /// last reading subscriber had it.
-    latencies: Vec<f64>,
-    /// The rate the POSTs kept (below the schedule's when a server answers
-    /// them late).
-    posts_per_second: f64,
-    /// POSTs that went out late because the previous one's answer was late.
-    held_back: usize,
-    /// The load client's CPU time per delivery, in µs (its own cost).
-    client_us_per_delivery: f64,
-    /// The server's CPU time per delivery, in µs.
-    server_us_per_delivery: f64,
-    /// Packets the kernel lost during the run and its TCP recoveries
-    /// (system-wide; see [`LossCounters`]).
-    losses: LossCounters,
-    /// The server's open connections once every reader had every message
-    /// (the slow ones still count while the server keeps them).
-    connections_at_end: f64,
-    /// The server's peak RSS during the run, in KiB.
-    peak_rss_kib: u64,
-}
-
-/// What the fan-out readers' thread hands back.
-struct ReadersDone {
-    /// Per message: µs since the run's start when its last reader had it.
-    done_at: Vec<Option<u64>>,
-    /// Readers whose connection the server closed or broke.
-    lost: usize,
-    /// Kept open until the run's CPU time is read: closing is not delivering.
-    sockets: Vec<mio::net::TcpStream>,
-}
-
-/// Reads every fan-out subscriber on this one thread, from one epoll set,
-/// until each of `messages` has reached every reader, a reader is lost (the
-/// run then has no figure), or `stop` is set.
-///
-/// One tokio task per subscriber made the client the slowest part of the
-/// run: each delivery woke a task and gave it a turn on the client's one
-/// worker. This loop reads each ready socket (one `recv`, unless it fills
-/// the buffer) and does nothing else, so more of the figure is the
-/// server's. It is the same for every server under test.
-fn read_fanout(
-    streams: Vec<(std::net::TcpStream, FrameCounter)>,
-    messages: usize,
-    start: Instant,
-    stop: &AtomicBool,
-) -> ReadersDone {
-    use std::io::{Read, Write};
-    let mut poll = mio::Poll::new().expect("create the readers' epoll set");
-    let mut readers: Vec<(mio::net::TcpStream, FrameCounter)> = streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, (stream, counter))| {
-            let mut stream = mio::net::TcpStream::from_std(stream);
-            poll.registry()
-                .register(&mut stream, mio::Token(i), mio::Interest::READABLE)
-                .expect("register a reader's socket");
-            (stream, counter)
-        })
-        .collect();
-    let reader_count = readers.len();
-    let mut arrived = vec![0usize; messages];
-    let mut done_at = vec![None; messages];
-    let mut complete = 0;
-    let mut lost = 0;
-    let mut events = mio::Events::with_capacity(1024);
-    let mut buf = vec![0u8; 16 * 1024];
-    while complete < messages && lost == 0 && !stop.load(Ordering::SeqCst) {
-        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("waiting on the readers' sockets: {e}"),
-        }
-        for event in &events {
-            let (stream, counter) = &mut readers[event.token().0];
-            // A close raises no further edge: read on to its end (0 or an
-            // error) rather than stop at a short read, or a lost reader
-            // would go unnoticed until the run's time limit.
-            let closing = event.is_read_closed() || event.is_error();
-            loop {
-                let before = counter.count;
-                let n = match stream.read(&mut buf) {
-                    Ok(0) => {
-                        lost += 1;
-                        break;
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        lost += 1;
-                        break;
-                    }
-                };
-                counter.feed(&buf[..n]);
-                // A pong the socket does not take at once waits for the
-                // next read: it is a few bytes, and pings are seconds apart.
-                if !counter.pongs.is_empty() {
-                    if let Ok(written) = stream.write(&counter.pongs) {
-                        counter.pongs.drain(..written);
-                    }
-                }
-                for k in before..counter.count.min(messages) {
-                    arrived[k] += 1;
-                    if arrived[k] == reader_count {
-                        done_at[k] = Some(start.elapsed().as_micros() as u64);
-                        complete += 1;
-                    }
-                }
-                // A short read emptied the socket; anything that arrives
-                // later raises a new edge (tokio's readiness makes the same
-                // use of a short read on Linux), so no second `recv` to
-                // see WouldBlock.
-                if n < buf.len() && !closing {
-                    break;
-                }
-            }
-        }
-    }
-    ReadersDone { done_at, lost, sockets: readers.into_iter().map(|(stream, _)| stream).collect() }
-}
-
-/// Fan-out latency: `messages` messages of `body_bytes` bytes, one every
-/// `1 / per_second` s, via `POST /` to `readers` subscribers on `/` that
-/// count frames, plus `slow` subscribers that never read (a 4 KiB receive
-/// buffer, so their sockets fill early).
-async fn fanout(
-    server: &Server,
-    readers: usize,
-    slow: usize,
-    messages: usize,
-    per_second: u64,
-    body_bytes: usize,
-) -> Result<Fanout, String> {
-    let conns = open_raw_many(server.port, readers).await;
-    let mut sleepers = Vec::with_capacity(slow);
-    for i in 0..slow {
-        let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind(source).unwrap();
-        let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], server.port))).await.unwrap();
-        handshake::upgrade_raw(&mut stream, &format!("127.0.0.1:{}", server.port), "/").await;
-        sleepers.push(stream);
-    }
-    let start = Instant::now();
-    let streams = conns
-        .into_iter()
-        .map(|(stream, mut counter)| {
-            counter.body_bytes = body_bytes;
-            (stream.into_std().expect("take a reader's socket from tokio"), counter)
-        })
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (finished_tx, mut finished) = tokio::sync::oneshot::channel();
-    let readers_thread = std::thread::Builder::new()
-        .name("fanout-readers".into())
-        .spawn({
-            let stop = stop.clone();
-            move || {
-                let _ = finished_tx.send(read_fanout(streams, messages, start, &stop));
-            }
-        })
-        .expect("start the fan-out readers' thread");
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{}/", server.port);
-    loop {
-        let reply: serde_json::Value =
-            http.post(&url).body("warmup").send().await.unwrap().json().await.unwrap();
-        if reply["message"] == format!("Send to {} clients", readers + slow) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let frame = |pad: &str| format!(r#"{{"message":"REFRESH","pad":"{pad}"}}"#);
-    let body = frame(&"x".repeat(body_bytes - frame("").len()));
-    let cpu_before = cpu_micros();
-    let server_cpu_before = process_cpu_micros(server.child.id());
-    let losses_before = LossCounters::read();
-    let rss = RssSampler::start(server.child.id());
-    // The POSTs keep a fixed schedule. A message's latency counts from when
-    // its POST went out, unless the answer to the previous POST came after
-    // the message fell due: then from when it fell due. seed-node and
-    // node-ws answer a POST only after handing it to every socket, so a
-    // server that falls behind would otherwise hold back its own next
-    // message, and its queue would never show in the figure (coordinated
-    // omission). The client's own timer lag is not counted either way.
-    let period = Duration::from_micros(1_000_000 / per_second);
-    let first_due = Instant::now();
-    let mut counted_from = Vec::with_capacity(messages);
-    let mut held_back = 0;
-    let mut last_post_us = 0;
-    let mut previous_answer = first_due;
-    for k in 0..messages {
-        let due = first_due + period * u32::try_from(k).expect("fewer than 2^32 messages");
-        tokio::time::sleep_until(due.into()).await;
-        let posted_us = start.elapsed().as_micros() as u64;
-        if previous_answer > due {
-            held_back += 1;
-            counted_from.push(due.duration_since(start).as_micros() as u64);
-        } else {
-            counted_from.push(posted_us);
-        }
-        last_post_us = posted_us;
-        let r = http.post(&url).body(body.clone()).send().await.unwrap();
-        assert!(r.status().is_success());
-        previous_answer = Instant::now();
-    }
-    let first_due_us = first_due.duration_since(start).as_micros() as u64;
-    let posts_per_second =
-        (messages.max(2) - 1) as f64 / (last_post_us.saturating_sub(first_due_us).max(1) as f64 / 1e6);
-    let readers_done = match tokio::time::timeout(Duration::from_secs(120), &mut finished).await {
-        Ok(done) => done,
-        Err(_) => {
-            stop.store(true, Ordering::SeqCst);
-            finished.await
-        }
-    }
-    .expect("the fan-out readers' thread ends with a result");
-    let client_us = (cpu_micros() - cpu_before) as f64;
-    let losses = LossCounters::read().since(losses_before);
-    let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
-    readers_thread.join().expect("the fan-out readers' thread does not panic");
-    let ReadersDone { done_at, lost, sockets } = readers_done;
-    let incomplete = done_at.iter().filter(|d| d.is_none()).count();
-    if lost > 0 || incomplete > 0 {
-        return Err(format!(
-            "{lost} readers lost their connection, {incomplete} messages never reached every reader"
-        ));
-    }
-    let peak_rss_kib = rss.peak();
-    let connections_at_end = metric(server.port, "orapush_connections ");
-    drop(sockets);
-    drop(sleepers);
-    let latencies = done_at
-        .iter()
-        .zip(&counted_from)
-        .map(|(done, from)| done.unwrap_or_default().saturating_sub(*from) as f64 / 1000.0)
-        .collect();
-    Ok(Fanout {
-        latencies,
-        posts_per_second,
-        held_back,
-        client_us_per_delivery: client_us / (readers * messages) as f64,
-        server_us_per_delivery: server_us / (readers * messages) as f64,
-        losses,
-        connections_at_end,
-        peak_rss_kib,
-    })
-}
-
 fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
@@ -1231,128 +983,6 @@ async fn pinned_broadcast_section(
     }
 }
 
-/// The slow-consumer runs' queue: small enough that a subscriber that never
-/// reads overflows it (1013) before its stalled write reaches
-/// `server.write_timeout_ms` (10 s), which would close it too.
-const SLOW_RUN_QUEUE: usize = 256;
-
-/// The slow-consumer runs' message size: large enough that a socket that
-/// is never read fills its kernel buffers (`server.socket_send_buffer_bytes`,
-/// or up to `tcp_wmem`'s 4 MiB with that key at 0) within a few hundred
-/// messages, so orapush's own limits are what the run tests.
-const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
-
-/// Fan-out latency for every server at two sizes, then slow consumers
-/// (orapush), pinned like the pinned broadcast.
-async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
-    let sizes = if args.quick { vec![args.subscribers] } else { vec![args.subscribers, args.connections] };
-    println!(
-        "\n## Fan-out latency: one {BODY_BYTES}-byte message at a time, {}/s, {} messages, until the last subscriber has it, counted from its POST or, if held back by the previous POST's late answer, from when it fell due (pinned)\n",
-        args.fanout_rate, args.fanout_messages
-    );
-    println!("| subscribers | server | p50 ms | p99 ms | max ms | POSTs/s kept; held back | server CPU µs per delivery | client CPU µs per delivery | loopback backlog drops / TCP loss probes / TCP RTOs |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    pin(true);
-    let mut distributions = Vec::new();
-    for &n in &sizes {
-        let mut runs = Vec::new();
-        for (name, start) in servers {
-            let server = start();
-            match fanout(&server, n, 0, args.fanout_messages, args.fanout_rate, BODY_BYTES).await {
-                Ok(run) => {
-                    runs.push((name.clone(), run.latencies.clone()));
-                    let (p50, p99, max) = percentiles(run.latencies);
-                    println!(
-                        "| {n} | {name} | {p50:.2} | {p99:.2} | {max:.1} | {:.1}; {} | {:.2} | {:.2} | {} |",
-                        run.posts_per_second,
-                        run.held_back,
-                        run.server_us_per_delivery,
-                        run.client_us_per_delivery,
-                        run.losses
-                    );
-                }
-                Err(why) => println!("| {n} | {name} | failed: {why} | | | | | | |"),
-            }
-        }
-        distributions.push((n, runs));
-    }
-    println!();
-    for (n, runs) in &distributions {
-        charts::latency_distribution(
-            &args.charts.join(format!("fanout-{n}.svg")),
-            &format!("Fan-out: until the last of {n} subscribers has the message ({}/s)", args.fanout_rate),
-            runs,
-        );
-    }
-
-    let readers = args.subscribers - args.subscribers / 10;
-    let slow = args.subscribers / 10;
-    println!(
-        "\n## Slow consumers: {readers} reading subscribers, with and without {slow} that never read (orapush, {} messages of {SLOW_RUN_BODY_BYTES} bytes at {}/s, `hub.subscriber_queue_size` = {SLOW_RUN_QUEUE}, pinned)\n",
-        args.slow_messages, args.slow_rate
-    );
-    // Runs with slow ones alternate with runs without, and each side's
-    // latencies are pooled: two runs without slow ones have differed by up
-    // to a third at p99, more than the 10% the figure allows,
-    // so one run of each measured chance more than the slow ones.
-    let mut pooled = [Vec::new(), Vec::new()];
-    let mut p99s = Vec::new();
-    let queue = [("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE".to_string(), SLOW_RUN_QUEUE.to_string())];
-    for slow_ones in [0, slow, 0, slow, 0] {
-        let server = start_orapush_with(&args.orapush, &queue);
-        let run = match fanout(
-            &server,
-            readers,
-            slow_ones,
-            args.slow_messages,
-            args.slow_rate,
-            SLOW_RUN_BODY_BYTES,
-        )
-        .await
-        {
-            Ok(run) => run,
-            Err(why) => {
-                println!("- {slow_ones} slow: failed: {why}");
-                pin(false);
-                return;
-            }
-        };
-        let closed = metric(server.port, "orapush_slow_consumers_disconnected_total");
-        let timed_out = metric(server.port, r#"orapush_limits_hit_total{limit="write_timeout"}"#);
-        pooled[usize::from(slow_ones > 0)].extend_from_slice(&run.latencies);
-        let (p50, p99, max) = percentiles(run.latencies);
-        println!(
-            "- {slow_ones} slow: readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; server CPU {:.2} µs per reader delivery; closed with 1013: {closed}, by the write timeout: {timed_out}; open at the end: {}; peak RSS {:.1} MiB; loopback backlog drops / TCP loss probes / RTOs: {}",
-            run.server_us_per_delivery,
-            run.connections_at_end,
-            run.peak_rss_kib as f64 / 1024.0,
-            run.losses
-        );
-        p99s.push(p99);
-    }
-    let (_, with_p99, _) = percentiles(pooled[1].clone());
-    let (_, without_p99, _) = percentiles(pooled[0].clone());
-    println!(
-        "- the readers' p99 over both runs with slow ones is {:.1}% of their p99 over the three runs without (target ≤ 110%)",
-        100.0 * with_p99 / without_p99
-    );
-    println!(
-        "- the first three runs alone (the figure before the ninth session): {:.1}% of the mean p99 of the runs either side",
-        100.0 * p99s[1] / ((p99s[0] + p99s[2]) / 2.0)
-    );
-    let [alone, with_slow] = pooled;
-    let slow_runs = [
-        (format!("{readers} readers, {slow} slow (both runs)"), with_slow),
-        (format!("{readers} readers alone (three runs)"), alone),
-    ];
-    pin(false);
-    charts::latency_distribution(
-        &args.charts.join("slow-consumers.svg"),
-        "Slow consumers: the reading subscribers' latency, with and without slow ones",
-        &slow_runs,
-    );
-}
-
 fn main() {
     // The compose bench's mode has options of its own (OracleArgs), so the
     // local modes' required options stay required.
@@ -1426,7 +1056,7 @@ fn main() {
         }
 
         if args.fanout {
-            on_one_thread(Box::pin(fanout_section(&args, &servers)));
+            on_one_thread(Box::pin(fanout::fanout_section(&args, &servers)));
         }
 
         if args.skip_latency {
