@@ -624,8 +624,8 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
     let readers = args.subscribers - args.subscribers / 10;
     let slow = args.subscribers / 10;
     println!(
-        "\n## Slow consumers: {readers} reading subscribers; {} phases without slow ones alternate with {} in which {slow} more connect and never read (one orapush, messages of {SLOW_RUN_BODY_BYTES} bytes at {}/s, `hub.subscriber_queue_size` = {SLOW_RUN_QUEUE}, pinned)\n",
-        args.slow_rounds, args.slow_rounds, args.slow_rate
+        "\n## Slow consumers: {readers} reading subscribers; phases without slow ones alternate with phases in which {slow} more are there and never read, {} of each (one orapush, messages of {SLOW_RUN_BODY_BYTES} bytes at {}/s, `hub.subscriber_queue_size` = {SLOW_RUN_QUEUE}, pinned)\n",
+        args.slow_rounds, args.slow_rate
     );
     let queue = [("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE".to_string(), SLOW_RUN_QUEUE.to_string())];
     let server = start_orapush_with(&args.orapush, &queue);
