@@ -539,6 +539,15 @@ impl LossCounters {
         Self { rto_timeouts: field("TCPTimeouts"), loss_probes: field("TCPLossProbes"), backlog_drops }
     }
 
+    /// Both counts together.
+    fn plus(self, other: Self) -> Self {
+        Self {
+            rto_timeouts: self.rto_timeouts + other.rto_timeouts,
+            loss_probes: self.loss_probes + other.loss_probes,
+            backlog_drops: self.backlog_drops + other.backlog_drops,
+        }
+    }
+
     /// What was counted since `earlier`.
     fn since(self, earlier: Self) -> Self {
         Self {

@@ -244,7 +244,7 @@ impl Poster {
         }
     }
 
-    /// Begins a new schedule now (after a pause between phases).
+    /// Begins a new schedule now.
     fn restart_schedule(&mut self) {
         self.first_due = Instant::now();
         self.on_schedule = 0;
@@ -396,8 +396,10 @@ fn reported_to_host_kib() -> Option<u64> {
 /// What the slow-consumer section measured on one orapush: the same
 /// readers' latencies in phases without slow ones and in phases with them.
 struct SlowConsumers {
-    /// Per round, ms per message (see [`Poster`]): `[without, with]`.
-    rounds: Vec<[Vec<f64>; 2]>,
+    /// Per round, ms per message (see [`Poster`]): its phase without slow
+    /// ones, its phase with them, and the latter until the server reached
+    /// none of them (without the second after).
+    rounds: Vec<[Vec<f64>; 3]>,
     /// Per phase with slow ones: messages sent until the server reached
     /// none of them any more.
     messages_until_gone: Vec<usize>,
@@ -417,7 +419,11 @@ struct SlowConsumers {
     /// The server's open connections at the end (the readers').
     connections_at_end: f64,
     peak_rss_kib: u64,
-    losses: LossCounters,
+    /// The server's RSS after the first phase, and at the end.
+    rss_after_warm_up_kib: u64,
+    rss_at_end_kib: u64,
+    /// The kernel's losses during the phases `[without, with]`.
+    losses: [LossCounters; 2],
 }
 
 /// Slow consumers: `readers` subscribers read all along while phases
@@ -427,12 +433,16 @@ struct SlowConsumers {
 ///
 /// Before a phase with slow ones, they connect; the messages sent until
 /// the server reaches every one of them count on neither side (what is
-/// measured is their being there, not their handshakes). The phase then
-/// sends until the server reaches none of them any more (each was closed),
-/// and one second more; the bench closes their sockets once the server
-/// reaches none of them. A phase without sends as many messages as the
-/// phase with slow ones before it; a first phase with slow ones, not
-/// counted, warms the server up and sets the first length.
+/// measured is their being there, not their handshakes), and the first of
+/// those goes out before they start. The phase then sends until the server
+/// reaches none of them any more (it dropped each as too slow and is
+/// closing it with 1013), and one second more. At that moment the bench
+/// closes their sockets, which hold unread data, so the kernel resets
+/// them: orapush's own wait to write the close frame to a full socket (up
+/// to `server.write_timeout_ms`) is not part of the section. A phase
+/// without sends as many messages as the phase with slow ones before it; a
+/// first phase with slow ones, not counted, warms the server up and sets
+/// the first length.
 ///
 /// Alternating phases on one server and one schedule, rather than separate
 /// runs, gives both sides the same machine, the same connections and the
@@ -452,19 +462,24 @@ async fn slow_consumer_rounds(
     let max_phase = 60 * per_second as usize;
     let conns = open_raw_many(port, readers).await;
     let start = Instant::now();
-    let readers_thread = ReadersThread::start(conns, body_bytes, (2 * rounds + 1) * max_phase, start);
+    // Each phase with slow ones sends at most `max_phase` while they
+    // connect and `max_phase` more; each phase without, as many.
+    let capacity = (4 * rounds + 2) * max_phase;
+    let readers_thread = ReadersThread::start(conns, body_bytes, capacity, start);
     let mut poster = Poster::new(port, padded_message(body_bytes), per_second, start);
     poster.wait_for_clients(readers).await?;
     let rss = RssSampler::start(pid);
-    let losses_before = LossCounters::read();
     let reported_before = reported_to_host_kib();
     poster.restart_schedule();
 
-    // Per round, the messages of its two phases; the server's CPU time.
-    let mut ranges: Vec<[std::ops::Range<usize>; 2]> = Vec::with_capacity(rounds);
+    // Per round, the messages of its phase without slow ones, of its phase
+    // with them, and of the latter until the server reached none of them.
+    let mut ranges: Vec<[std::ops::Range<usize>; 3]> = Vec::with_capacity(rounds);
     let mut cpu_us = [0u64; 2];
+    let mut losses = [LossCounters::default(); 2];
     let mut messages_until_gone = Vec::with_capacity(rounds + 1);
     let mut connecting_ranges = Vec::with_capacity(rounds + 1);
+    let mut rss_after_warm_up_kib = 0;
     let mut length = 0;
     for phase in 0..=2 * rounds {
         let with_slow = phase % 2 == 0;
@@ -472,26 +487,32 @@ async fn slow_consumer_rounds(
         if with_slow {
             // The messages sent while they connect count on neither side:
             // what is measured is their being there, not their handshakes.
+            // The first goes out before they start, so that the last
+            // message of the phase before is written before any handshake.
             let connecting_from = poster.counted_from.len();
-            let connecting = tokio::spawn(connect_sleepers(port, slow));
+            poster.post().await;
+            let mut connecting = Some(tokio::spawn(connect_sleepers(port, slow)));
             loop {
                 let reached = poster.post().await;
-                if connecting.is_finished() && reached == readers + slow {
+                if let Some(done) = connecting.take_if(|c| c.is_finished()) {
+                    sleepers = Some(done.await.map_err(|e| format!("connecting the slow ones: {e}"))?);
+                }
+                if sleepers.is_some() && reached == readers + slow {
                     break;
                 }
                 if poster.counted_from.len() - connecting_from >= max_phase {
                     return Err(format!("the server reached {reached} clients, not {}", readers + slow));
                 }
             }
-            sleepers = Some(connecting.await.map_err(|e| format!("connecting slow ones: {e}"))?);
             connecting_ranges.push(connecting_from..poster.counted_from.len());
         }
         let cpu_before = process_cpu_micros(pid);
+        let losses_before = LossCounters::read();
         let first = poster.counted_from.len();
+        let mut gone_after = 0;
         if with_slow {
-            let mut gone_after = None;
             let mut sent = 0;
-            while gone_after.is_none_or(|n| sent < n + per_second as usize) {
+            while gone_after == 0 || sent < gone_after + per_second as usize {
                 let reached = poster.post().await;
                 sent += 1;
                 if reached < readers {
@@ -499,9 +520,10 @@ async fn slow_consumer_rounds(
                         "message {sent} of a phase with slow ones reached only {reached} clients"
                     ));
                 }
-                if reached == readers && gone_after.is_none() {
-                    gone_after = Some(sent);
-                    // The server has closed them, or is closing them.
+                if reached == readers && gone_after == 0 {
+                    gone_after = sent;
+                    // The server has dropped them and is closing them; their
+                    // unread data makes the close a reset.
                     drop(sleepers.take());
                 }
                 if sent >= max_phase {
@@ -510,28 +532,39 @@ async fn slow_consumer_rounds(
                     ));
                 }
             }
-            messages_until_gone.push(gone_after.unwrap_or_default());
+            messages_until_gone.push(gone_after);
             length = sent;
         } else {
-            for _ in 0..length {
-                poster.post().await;
+            for k in 0..length {
+                let reached = poster.post().await;
+                if reached != readers {
+                    return Err(format!(
+                        "message {k} of a phase without slow ones reached {reached} clients"
+                    ));
+                }
             }
         }
         let sent = first..poster.counted_from.len();
         // The first phase (with slow ones) only warms up.
-        if phase > 0 {
-            cpu_us[usize::from(with_slow)] += process_cpu_micros(pid) - cpu_before;
+        if phase == 0 {
+            rss_after_warm_up_kib = super::rss_kib(pid);
+        } else {
+            let side = usize::from(with_slow);
+            cpu_us[side] += process_cpu_micros(pid) - cpu_before;
+            losses[side] = losses[side].plus(LossCounters::read().since(losses_before));
             if with_slow {
-                ranges.last_mut().expect("a phase without slow ones came first")[1] = sent;
+                let round = ranges.last_mut().expect("a phase without slow ones came first");
+                round[1] = sent.clone();
+                round[2] = sent.start..sent.start + gone_after;
             } else {
-                ranges.push([sent, 0..0]);
+                ranges.push([sent, 0..0, 0..0]);
             }
         }
     }
     let total = poster.counted_from.len();
     let ReadersDone { done_at, lost, sockets } = readers_thread.finish(total).await;
-    let losses = LossCounters::read().since(losses_before);
     let reported_to_host_kib = reported_to_host_kib().zip(reported_before).map(|(now, then)| now - then);
+    let rss_at_end_kib = super::rss_kib(pid);
     let incomplete = done_at[..total].iter().filter(|d| d.is_none()).count();
     if lost > 0 || incomplete > 0 {
         return Err(format!(
@@ -544,10 +577,7 @@ async fn slow_consumer_rounds(
     let deliveries =
         |side: usize| (readers * ranges.iter().map(|r| r[side].len()).sum::<usize>()).max(1) as f64;
     Ok(SlowConsumers {
-        rounds: ranges
-            .iter()
-            .map(|[a, b]| [latencies[a.clone()].to_vec(), latencies[b.clone()].to_vec()])
-            .collect(),
+        rounds: ranges.iter().map(|round| round.clone().map(|range| latencies[range].to_vec())).collect(),
         messages_until_gone,
         while_connecting: connecting_ranges
             .iter()
@@ -561,6 +591,8 @@ async fn slow_consumer_rounds(
         slow_connected: slow * (rounds + 1),
         connections_at_end,
         peak_rss_kib: rss.peak(),
+        rss_after_warm_up_kib,
+        rss_at_end_kib,
         losses,
     })
 }
@@ -574,8 +606,9 @@ const SLOW_RUN_QUEUE: usize = 64;
 
 /// The slow-consumer section's message size: large enough that a socket that
 /// is never read fills its kernel buffers (`server.socket_send_buffer_bytes`,
-/// or up to `tcp_wmem`'s 4 MiB with that key at 0) within a few hundred
-/// messages, so orapush's own limits are what the run tests.
+/// 64 KiB, which Linux doubles) within about 34 messages (up to
+/// `tcp_wmem`'s 4 MiB with that key at 0, a thousand), so orapush's own
+/// limits are what the section tests.
 const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
 
 /// Fan-out latency for every server at two sizes, then slow consumers
@@ -659,9 +692,10 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
     for (side, name, latencies) in [(0, "without slow ones", &alone), (1, "with slow ones", &with_slow)] {
         let (p50, p99, max) = percentiles(latencies.clone());
         println!(
-            "- {name}: {} messages; readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; server CPU {:.2} µs per reader delivery; each phase's p99: {}",
+            "- {name}: {} messages; readers' p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.1} ms; server CPU {:.2} µs per reader delivery; loopback backlog drops / TCP loss probes / RTOs: {}; each phase's p99: {}",
             latencies.len(),
             run.server_us_per_delivery[side],
+            run.losses[side],
             round_p99s(side)
         );
     }
@@ -670,13 +704,14 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         run.messages_until_gone.iter().max().copied().unwrap_or_default(),
     );
     println!(
-        "- slow ones: {} connected in all, closed with 1013: {}, by the write timeout: {}; the server reached none of a phase's slow ones after {min_gone}–{max_gone} messages; open at the end: {} (the readers); peak RSS {:.1} MiB; loopback backlog drops / TCP loss probes / RTOs: {}",
+        "- slow ones: {} connected in all, closed with 1013: {}, by the write timeout: {}; the server reached none of a phase's slow ones after {min_gone}–{max_gone} messages (the bench then closed their sockets); open at the end: {}; RSS after the first phase {:.1} MiB, at the end {:.1} MiB, peak {:.1} MiB",
         run.slow_connected,
         run.closed_1013,
         run.closed_by_write_timeout,
         run.connections_at_end,
+        run.rss_after_warm_up_kib as f64 / 1024.0,
+        run.rss_at_end_kib as f64 / 1024.0,
         run.peak_rss_kib as f64 / 1024.0,
-        run.losses
     );
     if !run.while_connecting.is_empty() {
         let (p50, p99, max) = percentiles(run.while_connecting.clone());
@@ -692,11 +727,18 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         );
     }
     println!(
-        "- the readers' p99 with slow ones is {:.1}% of their p99 without (target ≤ 110%)",
+        "- the readers' p99 with slow ones is {:.1}% of their p99 without (target ≤ 110%; a phase with them runs from when every one is connected until a second after the server reached none)",
         100.0 * p99_of(&with_slow) / p99_of(&alone)
     );
+    let while_there = pool(2, &|_| true);
+    println!(
+        "- until the server reached none of them (that second left out: {} messages): {:.1}%",
+        while_there.len(),
+        100.0 * p99_of(&while_there) / p99_of(&alone)
+    );
     // The same comparison between two halves of the phases without slow
-    // ones: how far the figure moves when nothing differs.
+    // ones: how far the figure moves when nothing differs (half as many
+    // messages a side as the figure's, so it moves somewhat more).
     let (even, odd) = (pool(0, &|i| i % 2 == 0), pool(0, &|i| i % 2 == 1));
     if !even.is_empty() && !odd.is_empty() {
         println!(
