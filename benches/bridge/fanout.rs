@@ -44,6 +44,9 @@ struct ReadersDone {
     lost: usize,
     /// Kept open until the run's CPU time is read: closing is not delivering.
     sockets: Vec<mio::net::TcpStream>,
+    /// Every delivery, when asked for: the message's index and µs since
+    /// the run's start when the read that completed it returned.
+    each_delivery: Vec<(u32, u32)>,
 }
 
 /// Reads every fan-out subscriber on this one thread, from one epoll set,
@@ -60,6 +63,7 @@ fn read_fanout(
     streams: Vec<(std::net::TcpStream, FrameCounter)>,
     capacity: usize,
     expected: &AtomicUsize,
+    record_each: bool,
     start: Instant,
     stop: &AtomicBool,
 ) -> ReadersDone {
@@ -81,6 +85,7 @@ fn read_fanout(
     let mut done_at = vec![None; capacity];
     let mut complete = 0;
     let mut lost = 0;
+    let mut each_delivery = Vec::new();
     let mut events = mio::Events::with_capacity(1024);
     let mut buf = vec![0u8; 16 * 1024];
     while complete < expected.load(Ordering::SeqCst).min(capacity)
@@ -121,7 +126,12 @@ fn read_fanout(
                         counter.pongs.drain(..written);
                     }
                 }
+                // (Only when asked: the fan-out's client cost stays as it was.)
+                let read_at = if record_each { start.elapsed().as_micros() as u32 } else { 0 };
                 for k in before..counter.count.min(capacity) {
+                    if record_each {
+                        each_delivery.push((k as u32, read_at));
+                    }
                     arrived[k] += 1;
                     if arrived[k] == reader_count {
                         done_at[k] = Some(start.elapsed().as_micros() as u64);
@@ -138,7 +148,8 @@ fn read_fanout(
             }
         }
     }
-    ReadersDone { done_at, lost, sockets: readers.into_iter().map(|(stream, _)| stream).collect() }
+    let sockets = readers.into_iter().map(|(stream, _)| stream).collect();
+    ReadersDone { done_at, lost, sockets, each_delivery }
 }
 
 /// The fan-out readers' thread ([`read_fanout`]) on its way.
@@ -151,11 +162,13 @@ struct ReadersThread {
 
 impl ReadersThread {
     /// Starts reading `conns`, counting frames of `body_bytes`, for at most
-    /// `capacity` messages; times are µs since `start`.
+    /// `capacity` messages (and keeping every delivery if `record_each`);
+    /// times are µs since `start`.
     fn start(
         conns: Vec<(tokio::net::TcpStream, FrameCounter)>,
         body_bytes: usize,
         capacity: usize,
+        record_each: bool,
         start: Instant,
     ) -> Self {
         let streams = conns
@@ -173,7 +186,7 @@ impl ReadersThread {
             .spawn({
                 let (expected, stop) = (expected.clone(), stop.clone());
                 move || {
-                    let done = read_fanout(streams, capacity, &expected, start, &stop);
+                    let done = read_fanout(streams, capacity, &expected, record_each, start, &stop);
                     let _ = finished_tx.send(done);
                 }
             })
@@ -321,7 +334,7 @@ async fn fanout(
 ) -> Result<Fanout, String> {
     let conns = open_raw_many(server.port, readers).await;
     let start = Instant::now();
-    let readers_thread = ReadersThread::start(conns, body_bytes, messages, start);
+    let readers_thread = ReadersThread::start(conns, body_bytes, messages, false, start);
     let mut poster = Poster::new(server.port, padded_message(body_bytes), per_second, start);
     poster.wait_for_clients(readers).await?;
     let cpu_before = cpu_micros();
@@ -331,7 +344,7 @@ async fn fanout(
     for _ in 0..messages {
         poster.post().await;
     }
-    let ReadersDone { done_at, lost, sockets } = readers_thread.finish(messages).await;
+    let ReadersDone { done_at, lost, sockets, .. } = readers_thread.finish(messages).await;
     let client_us = (cpu_micros() - cpu_before) as f64;
     let losses = LossCounters::read().since(losses_before);
     let server_us = (process_cpu_micros(server.child.id()) - server_cpu_before) as f64;
@@ -409,6 +422,9 @@ struct SlowConsumers {
     /// KiB of free memory this machine's kernel gave back to its host
     /// during the section, if it says (see [`reported_to_host_kib`]).
     reported_to_host_kib: Option<u64>,
+    /// p50 and p99 in ms of every reader's every delivery (not only the
+    /// last reader's), `[without, with]`.
+    each_delivery_p50_p99: [(f64, f64); 2],
     /// The server's CPU time per reader delivery, in µs: `[without, with]`.
     server_us_per_delivery: [f64; 2],
     /// Slow ones the server closed with 1013, and by the write timeout.
@@ -465,7 +481,7 @@ async fn slow_consumer_rounds(
     // Each phase with slow ones sends at most `max_phase` while they
     // connect and `max_phase` more; each phase without, as many.
     let capacity = (4 * rounds + 2) * max_phase;
-    let readers_thread = ReadersThread::start(conns, body_bytes, capacity, start);
+    let readers_thread = ReadersThread::start(conns, body_bytes, capacity, true, start);
     let mut poster = Poster::new(port, padded_message(body_bytes), per_second, start);
     poster.wait_for_clients(readers).await?;
     let rss = RssSampler::start(pid);
@@ -562,7 +578,7 @@ async fn slow_consumer_rounds(
         }
     }
     let total = poster.counted_from.len();
-    let ReadersDone { done_at, lost, sockets } = readers_thread.finish(total).await;
+    let ReadersDone { done_at, lost, sockets, each_delivery } = readers_thread.finish(total).await;
     let reported_to_host_kib = reported_to_host_kib().zip(reported_before).map(|(now, then)| now - then);
     let rss_at_end_kib = super::rss_kib(pid);
     let incomplete = done_at[..total].iter().filter(|d| d.is_none()).count();
@@ -572,6 +588,25 @@ async fn slow_consumer_rounds(
         ));
     }
     let latencies = latencies_ms(&done_at[..total], &poster.counted_from);
+    // Another reading of the target, beside the figure: every delivery's
+    // own latency, not only the last reader's.
+    let mut side_of = vec![None; total];
+    for round in &ranges {
+        for (side, range) in round[..2].iter().enumerate() {
+            side_of[range.clone()].fill(Some(side));
+        }
+    }
+    let mut each = [Vec::new(), Vec::new()];
+    for (k, read_at) in each_delivery {
+        if let Some(side) = side_of.get(k as usize).copied().flatten() {
+            let from = poster.counted_from[k as usize];
+            each[side].push(u64::from(read_at).saturating_sub(from) as f64 / 1000.0);
+        }
+    }
+    let each_delivery_p50_p99 = each.map(|latencies| {
+        let (p50, p99, _) = percentiles(latencies);
+        (p50, p99)
+    });
     let connections_at_end = metric(server.port, "orapush_connections ");
     drop(sockets);
     let deliveries =
@@ -585,6 +620,7 @@ async fn slow_consumer_rounds(
             .flat_map(|r| latencies[r.clone()].to_vec())
             .collect(),
         reported_to_host_kib,
+        each_delivery_p50_p99,
         server_us_per_delivery: [cpu_us[0] as f64 / deliveries(0), cpu_us[1] as f64 / deliveries(1)],
         closed_1013: metric(server.port, "orapush_slow_consumers_disconnected_total"),
         closed_by_write_timeout: metric(server.port, r#"orapush_limits_hit_total{limit="write_timeout"}"#),
@@ -735,6 +771,11 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
         "- until the server reached none of them (that second left out: {} messages): {:.1}%",
         while_there.len(),
         100.0 * p99_of(&while_there) / p99_of(&alone)
+    );
+    let [(each_p50_without, each_p99_without), (each_p50_with, each_p99_with)] = run.each_delivery_p50_p99;
+    println!(
+        "- another reading, not the figure: every reader's every delivery (not only the last reader's): p50 {each_p50_without:.2} ms, p99 {each_p99_without:.2} ms without slow ones; p50 {each_p50_with:.2} ms, p99 {each_p99_with:.2} ms with them: {:.1}%",
+        100.0 * each_p99_with / each_p99_without
     );
     // The same comparison between two halves of the phases without slow
     // ones: how far the figure moves when nothing differs (half as many
