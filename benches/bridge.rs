@@ -323,10 +323,16 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// Connects from 127.0.0.x, spread over 16 source addresses so ephemeral
 /// ports never run short.
 async fn connect_from(port: u16, i: usize) -> tokio::net::TcpStream {
+    source_socket(i).connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap()
+}
+
+/// A socket bound to connection `i`'s source address, 127.0.0.(1 + i % 16)
+/// (see [`connect_from`]).
+fn source_socket(i: usize) -> TcpSocket {
     let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(source).unwrap();
-    socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap()
+    socket
 }
 
 /// Opens a WebSocket with tungstenite.

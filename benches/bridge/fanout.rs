@@ -4,16 +4,15 @@
 //! that never read. The readers are read from one thread and one epoll set
 //! ([`read_fanout`]), so the client costs the same for every server.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpSocket;
-
 use super::{
     charts, cpu_micros, handshake, metric, open_raw_many, percentiles, pin, process_cpu_micros,
-    start_orapush_with, Args, FrameCounter, LossCounters, RssSampler, Server, StartServer, BODY_BYTES,
+    source_socket, start_orapush_with, Args, FrameCounter, LossCounters, RssSampler, Server, StartServer,
+    BODY_BYTES,
 };
 
 /// What one fan-out run measured.
@@ -381,10 +380,8 @@ fn latencies_ms(done_at: &[Option<u64>], counted_from: &[u64]) -> Vec<f64> {
 async fn connect_sleepers(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
     let mut sleepers = Vec::with_capacity(n);
     for i in 0..n {
-        let source = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % 16) as u8), 0));
-        let socket = TcpSocket::new_v4().unwrap();
+        let socket = source_socket(i);
         socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind(source).unwrap();
         let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
         handshake::upgrade_raw(&mut stream, &format!("127.0.0.1:{port}"), "/").await;
         sleepers.push(stream);
@@ -430,8 +427,6 @@ struct SlowConsumers {
     /// Slow ones the server closed with 1013, and by the write timeout.
     closed_1013: f64,
     closed_by_write_timeout: f64,
-    /// Slow ones connected in all (every phase with them, and the first).
-    slow_connected: usize,
     /// The server's open connections at the end (the readers').
     connections_at_end: f64,
     peak_rss_kib: u64,
@@ -452,9 +447,9 @@ struct SlowConsumers {
 /// measured is their being there, not their handshakes), and the first of
 /// those goes out before they start. The phase then sends until the server
 /// reaches none of them any more (it dropped each as too slow and is
-/// closing it with 1013), and one second more. At that moment the bench
-/// closes their sockets, which hold unread data, so the kernel resets
-/// them: orapush's own wait to write the close frame to a full socket (up
+/// closing it with 1013), and one second more. As soon as the server
+/// reaches none of them, the bench closes their sockets, which hold unread
+/// data, so the kernel resets them: orapush's own wait to write the close frame to a full socket (up
 /// to `server.write_timeout_ms`) is not part of the section. A phase
 /// without sends as many messages as the phase with slow ones before it; a
 /// first phase with slow ones, not counted, warms the server up and sets
@@ -465,7 +460,8 @@ struct SlowConsumers {
 /// same moments' disturbances: two separate runs without slow ones
 /// differed by up to a third at p99 on the ninth session's machine. The
 /// schedule never pauses: after a pause of half a second, the first ten
-/// messages of any phase took half as long again, and those set the p99.
+/// messages of any phase cost the server a third to a half more, and those
+/// set the p99.
 async fn slow_consumer_rounds(
     server: &Server,
     readers: usize,
@@ -624,7 +620,6 @@ async fn slow_consumer_rounds(
         server_us_per_delivery: [cpu_us[0] as f64 / deliveries(0), cpu_us[1] as f64 / deliveries(1)],
         closed_1013: metric(server.port, "orapush_slow_consumers_disconnected_total"),
         closed_by_write_timeout: metric(server.port, r#"orapush_limits_hit_total{limit="write_timeout"}"#),
-        slow_connected: slow * (rounds + 1),
         connections_at_end,
         peak_rss_kib: rss.peak(),
         rss_after_warm_up_kib,
@@ -741,7 +736,7 @@ pub async fn fanout_section(args: &Args, servers: &[(String, StartServer)]) {
     );
     println!(
         "- slow ones: {} connected in all, closed with 1013: {}, by the write timeout: {}; the server reached none of a phase's slow ones after {min_gone}–{max_gone} messages (the bench then closed their sockets); open at the end: {}; RSS after the first phase {:.1} MiB, at the end {:.1} MiB, peak {:.1} MiB",
-        run.slow_connected,
+        slow * run.messages_until_gone.len(),
         run.closed_1013,
         run.closed_by_write_timeout,
         run.connections_at_end,
