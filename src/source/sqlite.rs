@@ -170,10 +170,15 @@ impl SqliteOutbox {
 
     pub fn open_path(path: &Path, busy_timeout: Duration) -> Result<Self, SourceError> {
         let context = |e: rusqlite::Error| {
-            SourceError::fatal(format!(
-                "cannot open the SQLite outbox at `sqlite.path` = {}: {e}",
-                path.display()
-            ))
+            let message = format!("cannot open the SQLite outbox at `sqlite.path` = {}: {e}", path.display());
+            if is_lock_conflict(&e) {
+                // Another connection (a second orapush starting beside this
+                // one, a DBA's session) holds a lock that SQLite would not
+                // wait for: it clears up, so the drainer retries.
+                SourceError::transient(message)
+            } else {
+                SourceError::fatal(message)
+            }
         };
         let conn = Connection::open(path).map_err(context)?;
         conn.busy_timeout(busy_timeout).map_err(context)?;
@@ -211,6 +216,16 @@ impl SqliteOutbox {
             .optional()
             .map_err(|e| Self::error("read dead letter", e))
     }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`. SQLite returns these without waiting
+/// out `busy_timeout` where waiting could deadlock: two connections opening
+/// a new file at once, both switching it to WAL and creating its tables.
+fn is_lock_conflict(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn text(value: ValueRef<'_>) -> Option<String> {
@@ -468,6 +483,26 @@ mod tests {
         other.execute("INSERT INTO orapush_outbox(channel, payload) VALUES ('c', 'y')", []).unwrap();
         o.complete(&[rows[0].id], &[]).unwrap();
         assert_eq!(o.backlog().unwrap(), 1);
+    }
+
+    /// A file another connection holds locked is a transient error (the
+    /// drainer retries), and opens once the lock is gone.
+    #[test]
+    fn a_locked_file_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE; CREATE TABLE t(x);").unwrap();
+        let err = match SqliteOutbox::open_path(&path, Duration::ZERO) {
+            Err(e) => e,
+            Ok(_) => panic!("opened a file another connection holds locked"),
+        };
+        assert!(
+            err.class == crate::source::ErrorClass::Transient && err.message.contains("locked"),
+            "{err}"
+        );
+        holder.execute_batch("COMMIT").unwrap();
+        assert!(SqliteOutbox::open_path(&path, Duration::ZERO).is_ok());
     }
 
     /// An unwritable path is a fatal error naming the key.
