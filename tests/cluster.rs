@@ -25,12 +25,20 @@ async fn node(db: &std::path::Path, redis: &RedisServer, tweak: impl FnOnce(&mut
 /// (draining or standing by: the outbox's tables exist).
 async fn wait_ready_node(server: &Server) {
     let addr = server.addr;
-    wait_until("the node is ready and its source up", || {
-        http_status(addr, "/readyz") == Some(200)
-            && http_body(addr, "/readyz")
-                .is_some_and(|b| b.contains("\"active\"") || b.contains("\"standby\""))
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = http_status(addr, "/readyz");
+        let body = http_body(addr, "/readyz");
+        let up = body.as_deref().is_some_and(|b| b.contains("\"active\"") || b.contains("\"standby\""));
+        if status == Some(200) && up {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until the node on {addr} is ready and its source up; /readyz last said {status:?} {body:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Reads `count` message frames and returns them.
@@ -393,8 +401,15 @@ async fn killing_the_drainer_repeatedly_loses_nothing_and_reuses_no_offset() {
                 frames.push(frame);
             }
         }
-        let active = drainers.iter().position(|d| role(d) == "active").expect("a node drains");
-        let killed = drainers.remove(active);
+        // The node that drains now (one that just took over, or met a
+        // passing lock, may say so only a moment later).
+        let mut active = None;
+        wait_until("a node drains", || {
+            active = drainers.iter().position(|d| role(d) == "active");
+            active.is_some()
+        })
+        .await;
+        let killed = drainers.remove(active.unwrap());
         killed.signal(libc::SIGKILL);
         killed.wait().await;
         drainers.push(spawn("50"));

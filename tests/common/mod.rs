@@ -55,6 +55,7 @@ impl Server {
 
     /// Starts without waiting for `/readyz` (for sources that are down).
     pub async fn start_unready(dir: TempDir, db: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
+        capture_logs();
         let mut settings = Settings::default();
         settings.sqlite.path = db.clone();
         settings.source.poll_interval_ms = Some(10);
@@ -87,8 +88,35 @@ impl Server {
     }
 }
 
+/// The in-process servers' logs (`RUST_LOG`, `warn` by default) go to the
+/// test's captured output, so a failing test shows what its servers said.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Fails harmlessly when an earlier test in this binary installed it.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Runs blocking work (std sockets, SQLite) without holding a worker of
+/// the test's runtime, which the in-process servers share: on a
+/// multi-thread runtime the worker hands its queued tasks to another
+/// thread first; elsewhere (a plain or blocking thread) it just runs.
+pub fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// The status code of a plain `GET path` (std only, usable anywhere).
 pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    off_runtime(|| http_status_blocking(addr, path))
+}
+
+fn http_status_blocking(addr: SocketAddr, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -100,6 +128,10 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// The body of a plain `GET path` (std only, usable in sync conditions).
 pub fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    off_runtime(|| http_body_blocking(addr, path))
+}
+
+fn http_body_blocking(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -132,6 +164,10 @@ pub fn insert(db: &Path, rows: &[(&str, &str)]) -> Vec<i64> {
 }
 
 pub fn insert_targeted(db: &Path, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
+    off_runtime(|| insert_targeted_blocking(db, rows))
+}
+
+fn insert_targeted_blocking(db: &Path, rows: &[(&str, &str, Option<&str>)]) -> Vec<i64> {
     let mut conn = open_db(db);
     let tx = conn.transaction().unwrap();
     let mut ids = Vec::new();
@@ -160,7 +196,7 @@ pub fn outbox_count(db: &Path) -> i64 {
 /// Polls a condition every 10 ms until it holds; panics after PATIENCE.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition() {
+    while !off_runtime(&mut condition) {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
