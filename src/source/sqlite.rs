@@ -497,10 +497,7 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("opened a file another connection holds locked"),
         };
-        assert!(
-            err.class == crate::source::ErrorClass::Transient && err.message.contains("locked"),
-            "{err}"
-        );
+        assert!(err.class == crate::source::ErrorClass::Transient && err.message.contains("locked"), "{err}");
         holder.execute_batch("COMMIT").unwrap();
         assert!(SqliteOutbox::open_path(&path, Duration::ZERO).is_ok());
     }
