@@ -58,7 +58,9 @@ pub struct ServerSettings {
     /// The kernel's send buffer per socket (`SO_SNDBUF`; Linux reserves
     /// twice this for its bookkeeping); 0 leaves it to the kernel's
     /// autotuning. Bounds what a client that stopped reading holds in the
-    /// kernel before its queue fills and it is closed as too slow.
+    /// kernel before its queue fills and it is closed as too slow. The
+    /// default, 16 KiB, is where the kernel's autotuning starts
+    /// (`net.ipv4.tcp_wmem`'s middle value) and stays for such a client.
     pub socket_send_buffer_bytes: usize,
     /// How long shutdown waits for sockets to flush and close.
     pub shutdown_timeout_ms: u64,
@@ -88,7 +90,7 @@ impl Default for ServerSettings {
             client_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 1024,
-            socket_send_buffer_bytes: 65_536,
+            socket_send_buffer_bytes: 16_384,
             shutdown_timeout_ms: 5_000,
             max_connections: 10_000,
             max_connections_per_ip: 200,
@@ -902,7 +904,7 @@ mod tests {
         let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");
         assert_eq!(s.server.max_message_bytes, 65536);
-        assert_eq!(s.server.socket_send_buffer_bytes, 65_536);
+        assert_eq!(s.server.socket_send_buffer_bytes, 16_384);
         assert_eq!(s.source.poll_interval(), Duration::from_millis(1_000));
         assert_eq!(s.sqlite.path, PathBuf::from("orapush.db"));
         assert_eq!(s.hub.history_size, 1000);

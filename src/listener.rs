@@ -10,7 +10,7 @@
 //!
 //! Each accepted socket gets `TCP_NODELAY` and, unless
 //! `server.socket_send_buffer_bytes` is 0, a fixed kernel send buffer: a
-//! client that stops reading fills it (64 KiB by default, which Linux
+//! client that stops reading fills it (16 KiB by default, which Linux
 //! doubles) and then its connection's queue, and the hub closes it (1013),
 //! instead of the kernel growing the buffer to `net.ipv4.tcp_wmem`'s
 //! maximum (4 MiB by default) for every stalled client, at the cost of

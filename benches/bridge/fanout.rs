@@ -395,10 +395,12 @@ async fn connect_sleepers(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
 ///
 /// On such a machine memory a process or the kernel frees goes back to the
 /// host, and the next use of it waits for the host to back it again. The
-/// slow ones' socket buffers (up to 128 KiB each, and bookkeeping) are
-/// freed when they close and taken anew in the next phase: on the tenth
-/// session's machine that cost about 75 ms of the server's core at the
-/// moment those buffers fill, which the section counts as theirs.
+/// slow ones' socket buffers (up to 32 KiB each at orapush's default, and
+/// bookkeeping) are freed when they close and taken anew in the next
+/// phase. With 128 KiB each (the default before the eleventh session),
+/// that cost about 75 ms of the server's core at the moment those buffers
+/// filled on the tenth session's machine, which the section counts as
+/// theirs.
 fn reported_to_host_kib() -> Option<u64> {
     std::fs::read_to_string("/sys/module/page_reporting/parameters/reported_kib").ok()?.trim().parse().ok()
 }
@@ -631,13 +633,13 @@ async fn slow_consumer_rounds(
 /// The slow-consumer section's queue: small enough that a subscriber that
 /// never reads overflows it (1013) before its stalled write reaches
 /// `server.write_timeout_ms` (10 s), which would close it too. At 20/s
-/// about 25 messages fill a never-read socket's kernel buffers and 64 more
-/// its queue: about 4.5 s.
+/// about 8 messages fill a never-read socket's kernel buffers and 64 more
+/// its queue: about 3.6 s.
 const SLOW_RUN_QUEUE: usize = 64;
 
 /// The slow-consumer section's message size: large enough that a socket that
 /// is never read fills its kernel buffers (`server.socket_send_buffer_bytes`,
-/// 64 KiB, which Linux doubles) within about 25 messages (up to
+/// 16 KiB, which Linux doubles) within about 8 messages (up to
 /// `tcp_wmem`'s 4 MiB with that key at 0, a thousand), so orapush's own
 /// limits are what the section tests.
 const SLOW_RUN_BODY_BYTES: usize = 4 * 1024;
