@@ -132,16 +132,19 @@ impl SqliteOutbox {
         Self::open_path(&settings.path, Duration::from_millis(settings.busy_timeout_ms))
     }
 
-    /// Opens the outbox to drain it: also takes the single-drainer lock.
+    /// Opens the outbox to drain it, once it holds the single-drainer lock
+    /// (taken first, so a standby never touches the database itself).
     pub fn open_for_draining(settings: &SqliteSettings) -> Result<Self, SourceError> {
-        let mut outbox = Self::open(settings)?;
         let lock_path = drain_lock_path(&settings.path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| SourceError::fatal(format!("cannot create the drain lock {lock_path}: {e}")))?;
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
+                |e| {
+                    SourceError::fatal(format!(
+                        "cannot create the drain lock {lock_path} beside `sqlite.path` = {}: {e}",
+                        settings.path.display()
+                    ))
+                },
+            )?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -154,6 +157,7 @@ impl SqliteOutbox {
                 return Err(SourceError::fatal(format!("cannot lock {lock_path}: {e}")))
             }
         }
+        let mut outbox = Self::open(settings)?;
         outbox._drain_lock = Some(file);
         Ok(outbox)
     }
@@ -172,10 +176,13 @@ impl SqliteOutbox {
         let context = |e: rusqlite::Error| {
             let message = format!("cannot open the SQLite outbox at `sqlite.path` = {}: {e}", path.display());
             if is_lock_conflict(&e) {
-                // Another connection (a second orapush starting beside this
-                // one, a DBA's session) holds a lock that SQLite would not
+                // Another connection (an `orapush publish` creating the
+                // file, a DBA's session) holds a lock that SQLite would not
                 // wait for: it clears up, so the drainer retries.
-                SourceError::transient(message)
+                SourceError::transient(format!(
+                    "{message} (if this lasts: another process holds the file locked, or its file \
+                     system has no working locks, as on some NFS or SMB mounts)"
+                ))
             } else {
                 SourceError::fatal(message)
             }
