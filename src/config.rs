@@ -59,8 +59,9 @@ pub struct ServerSettings {
     /// twice this for its bookkeeping); 0 leaves it to the kernel's
     /// autotuning. Bounds what a client that stopped reading holds in the
     /// kernel before its queue fills and it is closed as too slow. The
-    /// default, 16 KiB, is where the kernel's autotuning starts
-    /// (`net.ipv4.tcp_wmem`'s middle value) and stays for such a client.
+    /// default, 16 KiB (32 KiB once Linux doubles it), is near where the
+    /// kernel's autotuning starts (`net.ipv4.tcp_wmem`'s middle value,
+    /// 16 KiB), but never grows.
     pub socket_send_buffer_bytes: usize,
     /// How long shutdown waits for sockets to flush and close.
     pub shutdown_timeout_ms: u64,
