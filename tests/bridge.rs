@@ -240,7 +240,7 @@ async fn publish_to_feed(http: &reqwest::Client, server: &Server, data: &serde_j
     assert!(r.status().is_success(), "publish: {}", r.status());
 }
 
-/// A subscriber that stops reading is closed with 1013 once its queue is full; another on the same channel gets everything.
+/// A subscriber that stops reading is closed with 1013 once its queue is full; another on the same channel, which keeps up, gets everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_disconnected_alone() {
     let server = Server::start_with(|s| s.hub.subscriber_queue_size = 16).await;
@@ -253,14 +253,22 @@ async fn slow_subscriber_is_disconnected_alone() {
     let payload = json!({ "blob": "y".repeat(60_000) });
     let http = reqwest::Client::new();
     let total = 300;
+    // "Keeps up": the publisher never gets more than half the queue ahead
+    // of the fast one (a debug build parses a 60 KB frame about as fast as
+    // it publishes one, so flat out either could lead). The slow one never
+    // reads, so it falls behind all the same.
+    let (got, mut got_rx) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut offsets = Vec::new();
         for _ in 0..total {
             offsets.push(next_json(&mut fast).await["offset"].as_u64().unwrap());
+            got.send_replace(offsets.len());
         }
         (fast, offsets)
     });
-    for _ in 0..total {
+    for sent in 0..total {
+        let caught_up = got_rx.wait_for(|got| got + 8 >= sent);
+        tokio::time::timeout(PATIENCE, caught_up).await.expect("the fast one keeps reading").unwrap();
         publish_to_feed(&http, &server, &payload).await;
     }
     let (mut fast, offsets) =
@@ -306,7 +314,7 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_everything() {
     let server = Server::start_with(|s| s.server.write_timeout_ms = 120_000).await;
     // A small receive buffer, so the server's sends fill the socket: 100
     // messages of 60 KB (6 MB) are far more than the server's send buffer
-    // (64 KiB, doubled) and this one together hold, and fewer than the
+    // (16 KiB, doubled) and this one together hold, and fewer than the
     // queue's 1,024 frames.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -27,15 +27,17 @@ async fn wait_ready_node(server: &Server) {
     let addr = server.addr;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let status = http_status(addr, "/readyz");
+        // One answer, read whole: "ready" is what its 200 says.
         let body = http_body(addr, "/readyz");
-        let up = body.as_deref().is_some_and(|b| b.contains("\"active\"") || b.contains("\"standby\""));
-        if status == Some(200) && up {
+        let ready = body.as_deref().is_some_and(|b| {
+            b.contains("\"status\":\"ready\"") && (b.contains("\"active\"") || b.contains("\"standby\""))
+        });
+        if ready {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting until the node on {addr} is ready and its source up; /readyz last said {status:?} {body:?}"
+            "timed out waiting until the node on {addr} is ready and its source up; /readyz last said {body:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

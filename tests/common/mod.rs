@@ -190,7 +190,7 @@ pub fn open_db(db: &Path) -> rusqlite::Connection {
 }
 
 pub fn outbox_count(db: &Path) -> i64 {
-    open_db(db).query_row("SELECT count(*) FROM orapush_outbox", [], |r| r.get(0)).unwrap()
+    off_runtime(|| open_db(db).query_row("SELECT count(*) FROM orapush_outbox", [], |r| r.get(0)).unwrap())
 }
 
 /// Polls a condition every 10 ms until it holds; panics after PATIENCE.
