@@ -509,6 +509,20 @@ mod tests {
         assert!(SqliteOutbox::open_path(&path, Duration::ZERO).is_ok());
     }
 
+    /// A standby never opens the database: while another holds the drain
+    /// lock, a second drainer stands by even if the file cannot be opened.
+    #[test]
+    fn a_standby_does_not_open_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        std::fs::create_dir(&path).unwrap();
+        let held = std::fs::File::create(drain_lock_path(&path)).unwrap();
+        held.try_lock().unwrap();
+        let settings = SqliteSettings { path, busy_timeout_ms: 0 };
+        let err = SqliteOutbox::open_for_draining(&settings).err().expect("a standby, not a drainer");
+        assert_eq!(err.class, crate::source::ErrorClass::Standby, "{err}");
+    }
+
     /// An unwritable path is a fatal error naming the key.
     #[test]
     fn unopenable_path_is_fatal() {
