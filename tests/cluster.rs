@@ -25,22 +25,19 @@ async fn node(db: &std::path::Path, redis: &RedisServer, tweak: impl FnOnce(&mut
 /// (draining or standing by: the outbox's tables exist).
 async fn wait_ready_node(server: &Server) {
     let addr = server.addr;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    wait_for("the node is ready and its source up", || {
         // One answer, read whole: "ready" is what its 200 says.
         let body = http_body(addr, "/readyz");
         let ready = body.as_deref().is_some_and(|b| {
             b.contains("\"status\":\"ready\"") && (b.contains("\"active\"") || b.contains("\"standby\""))
         });
         if ready {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{addr}/readyz said {body:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until the node on {addr} is ready and its source up; /readyz last said {body:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 /// Reads `count` message frames and returns them.
@@ -405,13 +402,11 @@ async fn killing_the_drainer_repeatedly_loses_nothing_and_reuses_no_offset() {
         }
         // The node that drains now (one that just took over, or met a
         // passing lock, may say so only a moment later).
-        let mut active = None;
-        wait_until("a node drains", || {
-            active = drainers.iter().position(|d| role(d) == "active");
-            active.is_some()
+        let active = wait_for("a node drains", || {
+            drainers.iter().position(|d| role(d) == "active").ok_or("none says it is active")
         })
         .await;
-        let killed = drainers.remove(active.unwrap());
+        let killed = drainers.remove(active);
         killed.signal(libc::SIGKILL);
         killed.wait().await;
         drainers.push(spawn("50"));

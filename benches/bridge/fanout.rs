@@ -451,8 +451,9 @@ struct SlowConsumers {
 /// reaches none of them any more (it dropped each as too slow and is
 /// closing it with 1013), and one second more. As soon as the server
 /// reaches none of them, the bench closes their sockets, which hold unread
-/// data, so the kernel resets them: orapush's own wait to write the close frame to a full socket (up
-/// to `server.write_timeout_ms`) is not part of the section. A phase
+/// data, so the kernel resets them: orapush's own wait to write the close
+/// frame to a full socket (up to `server.write_timeout_ms`) is not part of
+/// the section. A phase
 /// without sends as many messages as the phase with slow ones before it; a
 /// first phase with slow ones, not counted, warms the server up and sets
 /// the first length.

@@ -136,15 +136,18 @@ impl SqliteOutbox {
     /// (taken first, so a standby never touches the database itself).
     pub fn open_for_draining(settings: &SqliteSettings) -> Result<Self, SourceError> {
         let lock_path = drain_lock_path(&settings.path);
-        let file =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(
-                |e| {
-                    SourceError::fatal(format!(
-                        "cannot create the drain lock {lock_path} beside `sqlite.path` = {}: {e}",
-                        settings.path.display()
-                    ))
-                },
-            )?;
+        let cannot_create = |e: std::io::Error| {
+            let outbox = settings.path.display();
+            SourceError::fatal(format!(
+                "cannot create the drain lock {lock_path} beside `sqlite.path` = {outbox}: {e}"
+            ))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(cannot_create)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

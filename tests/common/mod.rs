@@ -195,9 +195,21 @@ pub fn outbox_count(db: &Path) -> i64 {
 
 /// Polls a condition every 10 ms until it holds; panics after PATIENCE.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(what, || if condition() { Ok(()) } else { Err("not yet") }).await
+}
+
+/// Polls `probe` every 10 ms until it gives `Ok`, and returns that; panics
+/// after PATIENCE with what its last `Err` said.
+pub async fn wait_for<T, E: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Result<T, E>) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !off_runtime(&mut condition) {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+    loop {
+        match off_runtime(&mut probe) {
+            Ok(found) => return found,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}; last seen: {last:?}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
