@@ -28,7 +28,10 @@ fn put_rows_back(db: &std::path::Path) {
 async fn sigkill_mid_backlog_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("o.db");
-    let env = [("ORAPUSH__SOURCE__BATCH_SIZE", "100")];
+    // The subscriber must take the whole backlog, not be closed as too slow
+    // (1013) when a loaded machine slows its reads: its queue holds every row.
+    let queue = ("ORAPUSH__HUB__SUBSCRIBER_QUEUE_SIZE", "8192");
+    let env = [("ORAPUSH__SOURCE__BATCH_SIZE", "100"), queue];
     let server = Binary::spawn(&db, &env);
     let mut ws = connect(&server.ws_url("/ws?channel=load")).await;
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
@@ -56,7 +59,7 @@ async fn sigkill_mid_backlog_loses_nothing() {
     // back (a restarted orapush has a new epoch, so the client could not
     // recover rows drained before it reconnected), then returns with its ids.
     set_rows_aside(&db);
-    let server = Binary::spawn(&db, &[]);
+    let server = Binary::spawn(&db, &[queue]);
     let mut ws = connect(&server.ws_url("/ws?channel=load")).await;
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     put_rows_back(&db);
